@@ -1,0 +1,14 @@
+"""lightsr: lightweight single-image super-resolution, one line away.
+
+Example:
+    >>> import torch, lightsr
+    >>> up = lightsr.load_model("rfdn", scale=4, weights="../shared/weights/RFDN_AIM_x4.pth")
+    >>> up.upscale(torch.rand(1, 3, 20, 20)).shape
+    torch.Size([1, 3, 80, 80])
+"""
+
+from lightsr import errors
+from lightsr._engine import Upscaler, load_model, upscale
+from lightsr._version import __version__
+
+__all__ = ["__version__", "errors", "load_model", "upscale", "Upscaler"]

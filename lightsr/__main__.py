@@ -1,0 +1,3 @@
+from lightsr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Model names -> manifest records -> networks. Data in, objects out; no downloading here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lightsr.archs import ArchTraits, NativeRange, get_family
+from lightsr.errors import UnknownModelError, UnsupportedScaleError
+
+MANIFEST_NAME = "weights_manifest.json"
+
+
+def manifest_path() -> Path:
+    """Where the manifest is read from: inside the installed wheel, else the source checkout's root."""
+    packaged = resources.files("lightsr") / MANIFEST_NAME
+    if packaged.is_file():
+        return Path(str(packaged))
+    # Source checkout / editable install: the one source of truth at the repository root.
+    return Path(__file__).resolve().parent.parent / MANIFEST_NAME
+
+
+@lru_cache(maxsize=1)
+def load_manifest() -> dict[str, Any]:
+    """The parsed manifest (cached; treat as read-only)."""
+    with open(manifest_path(), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(load_manifest()["models"])
+
+
+def records() -> list[dict[str, Any]]:
+    return list(load_manifest()["weights"])
+
+
+def scales_of(name: str) -> tuple[int, ...]:
+    return tuple(sorted({r["scale"] for r in records() if r["model"] == name}))
+
+
+def find_record(name: str, scale: int, variant: str | None = None) -> dict[str, Any]:
+    """The manifest record for (name, scale[, variant]); the default one when ``variant`` is None."""
+    key = name.lower()
+    if key not in load_manifest()["models"]:
+        raise UnknownModelError(name, model_names())
+    candidates = [r for r in records() if r["model"] == key and r["scale"] == int(scale)]
+    if not candidates:
+        raise UnsupportedScaleError(key, int(scale), scales_of(key))
+    if variant is None:
+        defaults = [r for r in candidates if r.get("default")]
+        return defaults[0] if defaults else candidates[0]
+    for r in candidates:
+        if r["variant"] == variant:
+            return r
+    raise UnknownModelError(f"{key}:{variant}", tuple(f"{key}:{r['variant']}" for r in candidates))
+
+
+@dataclass(frozen=True)
+class ModelDescriptor:
+    """What lightsr knows about one (model, scale) network: enough to build, feed and describe it.
+
+    ``input_range`` is the checkpoint's native range (1 or 255); the module lightsr hands out always
+    takes and returns 0..1. ``traits`` carries the size constraints and precision safety.
+    """
+
+    name: str
+    scale: int
+    arch: str
+    arch_config: dict[str, Any]
+    input_range: float
+    traits: ArchTraits
+    record: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ModelDescriptor":
+        family = get_family(record["arch"])
+        config = dict(record["arch_config"] or {})
+        return cls(
+            name=record["model"],
+            scale=int(record["scale"]),
+            arch=record["arch"],
+            arch_config=config,
+            input_range=float(record["input_range"]),
+            traits=family.traits(config),
+            record=record,
+        )
+
+    def build_network(self) -> nn.Module:
+        """The bare network in its native range (keys match the converted safetensors file)."""
+        return get_family(self.arch).build(dict(self.arch_config))
+
+    def wrap(self, net: nn.Module) -> NativeRange:
+        """The 0..1-in, 0..1-out module around ``net``."""
+        return NativeRange(net, self.input_range)
+
+
+def describe(name: str, scale: int, variant: str | None = None) -> ModelDescriptor:
+    return ModelDescriptor.from_record(find_record(name, scale, variant))
