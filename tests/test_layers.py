@@ -1,0 +1,96 @@
+"""Module dependencies point one way (../shared/DESIGN.md): nothing imports a higher layer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "lightsr"
+
+# Lower number = lower layer. A module may import only modules of its own or a lower layer.
+LAYERS = {
+    "lightsr.errors": 0,
+    "lightsr._version": 0,
+    "lightsr.archs": 1,
+    "lightsr.metrics": 1,
+    "lightsr._zoo": 2,
+    "lightsr._weights": 3,
+    "lightsr._hub": 4,
+    "lightsr._image": 5,
+    "lightsr._tiling": 5,
+    "lightsr._engine": 6,
+    "lightsr._evaluate": 7,
+    "lightsr._api": 7,
+    "lightsr": 8,
+    "lightsr.cli": 9,
+    "lightsr.__main__": 10,
+}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    while parts:
+        name = ".".join(parts)
+        if name in LAYERS:
+            return LAYERS[name]
+        parts.pop()
+    raise AssertionError(f"{module} has no layer in tests/test_layers.py; add it")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("lightsr"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lightsr"):
+            found.add(node.module)
+            # "from lightsr import errors" imports the lightsr.errors submodule, not the package API.
+            if node.module == "lightsr":
+                for alias in node.names:
+                    sub = f"lightsr.{alias.name}"
+                    if (PKG / f"{alias.name}.py").exists() or (PKG / alias.name).is_dir():
+                        found.discard("lightsr")
+                        found.add(sub)
+    return found
+
+
+def test_imports_point_downwards() -> None:
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        me = _module_name(path)
+        mine = _layer(me)
+        for imp in _imports(path):
+            if imp == me or imp.startswith(me + ".") and me != "lightsr":
+                continue
+            if _layer(imp) > mine:
+                bad.append(f"{me} (layer {mine}) imports {imp} (layer {_layer(imp)})")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_cli_uses_public_api_only() -> None:
+    imports = _imports(PKG / "cli.py")
+    private = sorted(i for i in imports if i.split(".")[-1].startswith("_"))
+    assert not private, f"cli.py must import only the public API, found {private}"
+
+
+def test_only_hub_imports_huggingface_hub() -> None:
+    users = []
+    for path in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n.split(".")[0] == "huggingface_hub" for n in names):
+                users.append(_module_name(path))
+    assert set(users) <= {"lightsr._hub"}, users
