@@ -1,0 +1,521 @@
+"""Everything people pass in, converted to NCHW float 0..1 for the network, and back to their own kind.
+
+The engine's whole contract with this module::
+
+    prepared = prepare(obj, max_pixels=None)        # list[Prepared]; one per image (N for an NxCxHxW tensor)
+    outs = []
+    for p in prepared:
+        sr = network(p.rgb)                         # 1x3xHxW float32 0..1  ->  1x3x(sH)x(sW)
+        a = upscale_alpha(p.alpha, s) if p.alpha is not None else None
+        outs.append(finish(sr, a, p.restore))
+    result = collate(outs)                          # the single result, or the N results stacked again
+
+``Prepared.rgb`` is a fresh float32 tensor (never a view of the caller's data) on the input's device (CPU
+for files, PIL images and numpy arrays): the engine moves it where it runs.
+
+What goes in, and what comes back (``finish`` returns the same kind as the input):
+
+=====================  =====================================================  ==============================
+input                  accepted                                               returned
+=====================  =====================================================  ==============================
+path (str/PathLike)    any file Pillow reads (first frame of animations)      PIL.Image, as for a PIL input
+PIL.Image              L, LA, RGB, RGBA, I;16 (also I;16L/B/N), I, F          same mode
+                       P, PA                                                  RGB, or RGBA with transparency
+                       1 -> L; La -> LA; RGBa -> RGBA; RGBX, CMYK, YCbCr,     L / LA / RGBA / RGB
+                       LAB, HSV -> RGB
+numpy.ndarray          HxW, HxWx1 (grey), HxWx2 (grey+alpha), HxWx3 (RGB),    same dtype (byte order too),
+                       HxWx4 (RGBA); uint8, uint16, or float16/32/64 in 0..1  same layout
+torch.Tensor           CxHxW or NxCxHxW with C = 1, 2, 3 or 4 (as numpy);     same layout, dtype, device
+                       float (any) in 0..1, uint8 or uint16
+=====================  =====================================================  ==============================
+
+Decisions:
+
+* Grey: the network sees the grey plane copied to three channels; the result is the **mean** of the three
+  output channels (no channel is favoured, and an identity network gives back the input: exactly
+  for integer kinds, to the last float32 bit for float ones).
+* Alpha (LA, RGBA, P/PA with transparency, 2- and 4-channel arrays and tensors) never goes through the
+  network: ``upscale_alpha`` resizes it bicubically (clamped to 0..1) and ``finish`` re-attaches it.
+* Integers are scaled by 255 (8-bit) or 65535 (16-bit; PIL ``I`` is read as 16-bit and must hold
+  0..65535) and rounded back half-to-even (``torch.round``) after clamping to 0..1, so 16-bit stays 16-bit
+  at full precision. Floats come back unrounded, clamped to 0..1.
+* Floats may stray 1e-3 outside 0..1 (resampling overshoot, fp16) and are clamped; further out, or NaN/inf,
+  is an :class:`~lightsr.errors.InputError` that says how to rescale (e.g. "divide by 255").
+* EXIF orientation is applied first (``ImageOps.exif_transpose``); the result carries the EXIF block
+  without the orientation tag in ``info["exif"]`` and the input's ICC profile in ``info["icc_profile"]``
+  (dropped when the mode conversion changed the colour space it describes; CMYK with a profile is converted
+  to sRGB through it).
+* 16-bit-per-channel colour files (48/64-bit PNG and TIFF): Pillow (13.0 and earlier) can only hold them as
+  8-bit RGB/RGBA, so reading such a *path* raises InputError instead of silently dropping 8 bits; the fix
+  is to pass a numpy uint16 HxWx3/HxWx4 array (returned as uint16). A PIL image the caller opened is taken
+  as Pillow holds it. 16-bit grey files (``I;16``) are fully supported.
+* ``max_pixels`` bounds H*W of each input image (:class:`~lightsr.errors.ImageTooLargeError`); Pillow's own
+  decompression-bomb refusal on opening a file becomes the same error.
+
+Example:
+    >>> import numpy as np, torch.nn.functional as F
+    >>> from lightsr import _image
+    >>> img = np.zeros((4, 6, 4), dtype=np.uint16)
+    >>> p = _image.prepare(img)[0]
+    >>> p.rgb.shape, p.alpha.shape
+    (torch.Size([1, 3, 4, 6]), torch.Size([1, 1, 4, 6]))
+    >>> sr = F.interpolate(p.rgb, scale_factor=2, mode="nearest")
+    >>> out = _image.collate([_image.finish(sr, _image.upscale_alpha(p.alpha, 2), p.restore)])
+    >>> out.shape, out.dtype
+    ((8, 12, 4), dtype('uint16'))
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from lightsr.errors import ImageTooLargeError, InputError
+
+__all__ = ["Prepared", "Restore", "collate", "finish", "prepare", "upscale_alpha"]
+
+# How far outside 0..1 a float input may stray and still be clamped rather than refused.
+FLOAT_TOLERANCE = 1e-3
+
+_ACCEPTED = (
+    "a file path (str or os.PathLike), a PIL.Image.Image, a numpy array (HxW or HxWxC with C=1..4; uint8, "
+    "uint16, or float in 0..1) or a torch tensor (CxHxW or NxCxHxW with C=1..4; float in 0..1, uint8 or uint16)"
+)
+
+# PIL modes worked on directly: mode -> (channels, numpy storage dtype, integer full scale or None for float).
+_PIL_MODES: dict[str, tuple[int, str, int | None]] = {
+    "L": (1, "u1", 255),
+    "LA": (2, "u1", 255),
+    "RGB": (3, "u1", 255),
+    "RGBA": (4, "u1", 255),
+    "I;16": (1, "<u2", 65535),
+    "I;16L": (1, "<u2", 65535),
+    "I;16B": (1, ">u2", 65535),
+    "I;16N": (1, "=u2", 65535),
+    "I": (1, "=i4", 65535),
+    "F": (1, "=f4", None),
+}
+# PIL modes converted on the way in (P and PA are handled apart: they depend on transparency).
+_PIL_CONVERT = {
+    "1": "L",
+    "La": "LA",
+    "RGBa": "RGBA",
+    "RGBX": "RGB",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+    "LAB": "RGB",
+    "HSV": "RGB",
+}
+_MODE_COLOUR_SPACE = {1: b"GRAY", 2: b"GRAY", 3: b"RGB ", 4: b"RGB "}  # ICC header bytes 16..20
+
+
+@dataclass(frozen=True)
+class Restore:
+    """How ``finish`` turns the network's output back into the caller's kind of image.
+
+    kind: ``"pil"`` (also for paths), ``"numpy"`` or ``"tensor"``.
+    channels: channels handed back: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA.
+    dtype: the numpy dtype (numpy) or torch dtype (tensor) to return; None for PIL.
+    layout: ``"HW"``/``"HWC"`` (numpy), ``"CHW"``/``"NCHW"`` (tensor), or the PIL mode to return.
+    device: the tensor's device (tensor only).
+    info: ``icc_profile`` / ``exif`` bytes put on a returned PIL image.
+    """
+
+    kind: str
+    channels: int
+    dtype: Any = None
+    layout: str = ""
+    device: torch.device | None = None
+    info: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """One input image, ready for the network.
+
+    rgb: 1x3xHxW float32 in 0..1 (grey is copied to three channels).
+    alpha: 1x1xHxW float32 in 0..1, or None when the input has no alpha.
+    restore: what ``finish`` needs to give the result back in the input's own kind.
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    restore: Restore
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+def prepare(obj: Any, *, max_pixels: int | None = None) -> list[Prepared]:
+    """Convert one input (see the module docstring for the kinds) to a list of :class:`Prepared`.
+
+    The list has one entry, or N for an NxCxHxW tensor. ``max_pixels`` bounds H*W of each image.
+
+    Example:
+        >>> from PIL import Image
+        >>> [p.rgb.shape for p in prepare(Image.new("L", (5, 3)))]
+        [torch.Size([1, 3, 3, 5])]
+    """
+    if max_pixels is not None and (
+        not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1
+    ):
+        raise InputError(f"max_pixels must be a positive int or None, not {max_pixels!r}")
+    if isinstance(obj, (str, os.PathLike)):
+        return [_from_pil(_open_path(obj, max_pixels), max_pixels=max_pixels, source=os.fspath(obj))]
+    if isinstance(obj, Image.Image):
+        return [_from_pil(obj, max_pixels=max_pixels, source="PIL image")]
+    if isinstance(obj, np.ndarray):
+        return [_from_numpy(obj, max_pixels)]
+    if isinstance(obj, torch.Tensor):
+        return _from_tensor(obj, max_pixels)
+    hint = ""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        hint = " (for encoded image bytes, pass PIL.Image.open(io.BytesIO(data)))"
+    elif isinstance(obj, (list, tuple)):
+        hint = " (for several images, prepare each one)"
+    raise InputError(f"cannot upscale an object of type {type(obj).__name__}{hint}; pass {_ACCEPTED}")
+
+
+def _check_pixels(height: int, width: int, max_pixels: int | None, source: str) -> None:
+    if height < 1 or width < 1:
+        raise InputError(f"{source} is empty ({width}x{height} pixels); give an image at least 1x1")
+    if max_pixels is not None and height * width > max_pixels:
+        raise ImageTooLargeError(
+            f"{source} has {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}; "
+            "downscale or crop it, or raise max_pixels"
+        )
+
+
+def _open_path(path: str | os.PathLike[str], max_pixels: int | None) -> Image.Image:
+    """Open and fully decode a file (closing it), refusing what would lose data or is too large."""
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InputError(f"no such file: {name!r}; give the path of an existing image file")
+    if os.path.isdir(name):
+        raise InputError(f"{name!r} is a folder; give the path of one image file")
+    try:
+        with Image.open(name) as im:
+            _check_pixels(im.height, im.width, max_pixels, repr(name))
+            _refuse_16bit_colour(im, name)
+            im.load()
+            # A copy detaches the pixels from the file, which the with-block then closes.
+            out = im.copy()
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"{name!r}: Pillow refuses to open it as a possible decompression bomb ({exc}); if you trust the "
+            "file, raise PIL.Image.MAX_IMAGE_PIXELS, or downscale it first"
+        ) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise InputError(
+            f"{name!r} is not an image Pillow can read; give a PNG, JPEG, WebP, TIFF, BMP or other "
+            "Pillow-readable file (or load it yourself and pass a numpy array)"
+        ) from exc
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # any decoder failure on a user's file is a problem with that file
+        raise InputError(
+            f"could not decode {name!r} ({type(exc).__name__}: {exc}); the file is probably truncated or "
+            "corrupt: re-export it, or set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True to accept a partial image"
+        ) from exc
+    return out
+
+
+def _refuse_16bit_colour(im: Image.Image, name: str) -> None:
+    """Pillow decodes 48/64-bit colour into 8-bit modes; say so rather than drop 8 bits silently."""
+    if im.mode in _PIL_MODES and _PIL_MODES[im.mode][0] == 1:
+        return  # I;16 and friends hold 16 bits natively
+    rawmodes = []
+    for tile in im.tile:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmodes.append(
+            args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+        )
+    bits = im.tag_v2.get(258, ()) if hasattr(im, "tag_v2") else ()  # TIFF BitsPerSample
+    if any(isinstance(r, str) and ";16" in r for r in rawmodes) or any(b > 8 for b in bits or ()):
+        raise InputError(
+            f"{name!r} has 16 bits per colour channel, which Pillow can only open as 8-bit {im.mode}; "
+            "to keep 16 bits, read it into a numpy uint16 HxWx3/HxWx4 array yourself (e.g. "
+            "imageio.v3.imread, tifffile.imread, or cv2.imread(path, cv2.IMREAD_UNCHANGED)[..., ::-1]) and "
+            "pass the array (the result is uint16); or convert the file to 8 bits first"
+        )
+
+
+def _from_pil(im: Image.Image, *, max_pixels: int | None, source: str) -> Prepared:
+    _check_pixels(im.height, im.width, max_pixels, source)
+    icc = im.info.get("icc_profile")
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as exc:  # a malformed EXIF block must not hide behind a Pillow traceback
+        raise InputError(
+            f"{source}: cannot apply its EXIF orientation ({exc}); strip or fix the EXIF data"
+        ) from exc
+    exif = im.info.get("exif")
+    im = _to_working_mode(im, icc, source)
+    mode = im.mode
+    channels, _, full_scale = _PIL_MODES[mode]
+    arr = np.asarray(im)
+    if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
+        raise InputError(
+            f"{source} is a mode 'I' image with values {arr.min()}..{arr.max()}; lightsr reads mode 'I' as "
+            "16-bit (0..65535): rescale it into that range, or pass a float numpy array in 0..1"
+        )
+    x = torch.from_numpy(arr.astype(np.float32))
+    x = x.reshape(im.height, im.width, channels).permute(2, 0, 1).unsqueeze(0)
+    if full_scale is None:
+        x = _checked_float(x, source)
+    else:
+        x = x.div_(full_scale)
+    info: dict[str, bytes] = {}
+    if icc and _icc_matches(icc, channels):
+        info["icc_profile"] = icc
+    if exif:
+        info["exif"] = exif
+    return _split(x, Restore(kind="pil", channels=channels, layout=mode, info=info))[0]
+
+
+def _to_working_mode(im: Image.Image, icc: bytes | None, source: str) -> Image.Image:
+    mode = im.mode
+    if mode in _PIL_MODES:
+        return im
+    if mode in ("P", "PA"):
+        transparent = mode == "PA" or getattr(im, "has_transparency_data", "transparency" in im.info)
+        return im.convert("RGBA" if transparent else "RGB")
+    if mode == "CMYK" and icc:
+        converted = _cmyk_through_profile(im, icc)
+        if converted is not None:
+            return converted
+    if mode in _PIL_CONVERT:
+        return im.convert(_PIL_CONVERT[mode])
+    raise InputError(
+        f"{source} has PIL mode {mode!r}, which lightsr does not read; accepted modes are "
+        f"{', '.join([*_PIL_MODES, 'P', 'PA', *_PIL_CONVERT])}: convert it first, e.g. image.convert('RGB')"
+    )
+
+
+def _cmyk_through_profile(im: Image.Image, icc: bytes) -> Image.Image | None:
+    """CMYK -> sRGB through the embedded profile (Pillow's plain convert ignores it); None if that fails."""
+    try:
+        from PIL import ImageCms
+    except ImportError:  # Pillow built without LittleCMS
+        return None
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):  # a broken or non-CMYK profile
+        return None
+
+
+def _icc_matches(icc: bytes, channels: int) -> bool:
+    """The profile describes the colour space of the returned pixels (not, e.g., the CMYK they came from)."""
+    return len(icc) >= 20 and icc[16:20] == _MODE_COLOUR_SPACE[channels]
+
+
+def _from_numpy(arr: np.ndarray, max_pixels: int | None) -> Prepared:
+    if arr.ndim == 2:
+        layout, hwc = "HW", arr[:, :, None]
+    elif arr.ndim == 3 and 1 <= arr.shape[2] <= 4:
+        layout, hwc = "HWC", arr
+    else:
+        hint = ""
+        if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4):
+            hint = "; it looks like CxHxW: pass arr.transpose(1, 2, 0), or a torch tensor"
+        elif arr.ndim == 4:
+            hint = "; for a batch, pass a torch tensor NxCxHxW or each image separately"
+        raise InputError(
+            f"numpy array of shape {arr.shape} is not an image: expected HxW or HxWxC with C = 1 (grey), "
+            f"2 (grey+alpha), 3 (RGB) or 4 (RGBA){hint}"
+        )
+    source = f"numpy array {arr.shape} {arr.dtype}"
+    _check_pixels(hwc.shape[0], hwc.shape[1], max_pixels, source)
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if not (kind == "f" or (kind == "u" and size in (1, 2))):
+        raise InputError(
+            f"numpy dtype {arr.dtype} is not supported; use uint8 (0..255), uint16 (0..65535) or float in 0..1 "
+            "(e.g. arr.astype(np.float32) / 255)"
+        )
+    # A fresh native float32 CxHxW copy: any byte order or strides in, nothing shared with the caller.
+    x = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=np.float32)).unsqueeze(0)
+    x = _checked_float(x, source) if kind == "f" else x.div_(255.0 if size == 1 else 65535.0)
+    return _split(x, Restore(kind="numpy", channels=hwc.shape[2], dtype=arr.dtype, layout=layout))[0]
+
+
+def _from_tensor(t: torch.Tensor, max_pixels: int | None) -> list[Prepared]:
+    if t.ndim == 3 and 1 <= t.shape[0] <= 4:
+        layout, x = "CHW", t.unsqueeze(0)
+    elif t.ndim == 4 and 1 <= t.shape[1] <= 4:
+        layout, x = "NCHW", t
+    else:
+        hint = ""
+        if t.ndim == 2:
+            hint = "; for one grey image use t[None] (1xHxW)"
+        elif t.ndim == 3 and t.shape[-1] in (1, 2, 3, 4):
+            hint = "; it looks like HxWxC: pass t.permute(2, 0, 1)"
+        elif t.ndim == 4 and t.shape[-1] in (1, 2, 3, 4):
+            hint = "; it looks like NxHxWxC: pass t.permute(0, 3, 1, 2)"
+        raise InputError(
+            f"tensor of shape {tuple(t.shape)} is not an image: expected CxHxW or NxCxHxW with C = 1 (grey), "
+            f"2 (grey+alpha), 3 (RGB) or 4 (RGBA){hint}"
+        )
+    source = f"tensor {tuple(t.shape)} {t.dtype}"
+    if x.shape[0] == 0:
+        raise InputError(f"{source} holds no images (N=0); give at least one")
+    _check_pixels(x.shape[2], x.shape[3], max_pixels, source)
+    x = x.detach()
+    if t.dtype in (torch.uint8, torch.uint16):
+        x = x.to(torch.float32) / (255.0 if t.dtype == torch.uint8 else 65535.0)
+    elif t.is_floating_point():
+        x = _checked_float(x.to(torch.float32, copy=True), source)
+    else:
+        raise InputError(
+            f"tensor dtype {t.dtype} is not supported; use a float tensor in 0..1 (e.g. t.float() / 255), "
+            "uint8 or uint16"
+        )
+    restore = Restore(kind="tensor", channels=x.shape[1], dtype=t.dtype, layout=layout, device=t.device)
+    return _split(x, restore)
+
+
+def _checked_float(x: torch.Tensor, source: str) -> torch.Tensor:
+    """Refuse NaN/inf and values clearly outside 0..1 (with the likely fix); clamp tiny overshoot."""
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
+        if hi > 255 + FLOAT_TOLERANCE:
+            fix = "it looks like 16-bit data: divide by 65535"
+        elif hi > 1.5:
+            fix = "it looks like 0..255 data: divide by 255"
+        elif lo < -0.5:
+            fix = "it looks like -1..1 data: use (x + 1) / 2"
+        else:
+            fix = "clip it to 0..1 (np.clip(x, 0, 1) or x.clamp(0, 1))"
+        raise InputError(f"{source} has values {lo:.6g}..{hi:.6g}, but float images must be in 0..1; {fix}")
+    return x.clamp_(0.0, 1.0)
+
+
+def _split(x: torch.Tensor, restore: Restore) -> list[Prepared]:
+    """Nx(1..4)xHxW float 0..1 -> one Prepared per image, grey copied to 3 channels, alpha apart."""
+    colour = x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
+    alpha = x[:, x.shape[1] - 1 :] if x.shape[1] in (2, 4) else None
+    return [
+        Prepared(
+            rgb=colour[i : i + 1].contiguous(),
+            alpha=None if alpha is None else alpha[i : i + 1].contiguous(),
+            restore=restore,
+        )
+        for i in range(x.shape[0])
+    ]
+
+
+# ------------------------------------------------------------------------------------------------- finish
+def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic resize of a 1x1xHxW alpha plane by ``scale``, clamped to 0..1 (bicubic overshoots at edges).
+
+    Example:
+        >>> import torch
+        >>> upscale_alpha(torch.ones(1, 1, 2, 3), 4).shape
+        torch.Size([1, 1, 8, 12])
+    """
+    h, w = alpha.shape[-2:]
+    out = F.interpolate(
+        alpha.to(torch.float32), size=(h * scale, w * scale), mode="bicubic", align_corners=False
+    )
+    return out.clamp_(0.0, 1.0)
+
+
+def finish(sr_rgb: torch.Tensor, alpha_sr: torch.Tensor | None, restore: Restore) -> Any:
+    """Turn the network's 1x3x(sH)x(sW) float output (and the upscaled alpha) into the input's kind.
+
+    Returns a PIL image (for path and PIL inputs), a numpy array or a tensor; see the module docstring.
+    ``sr_rgb`` is clamped to 0..1; it must be finite (the engine deals with NaN before this).
+
+    Example:
+        >>> import torch
+        >>> p = prepare(torch.rand(3, 4, 4))[0]
+        >>> finish(p.rgb.repeat_interleave(2, -1).repeat_interleave(2, -2), None, p.restore).shape
+        torch.Size([3, 8, 8])
+    """
+    if sr_rgb.ndim != 4 or sr_rgb.shape[:2] != (1, 3):
+        raise ValueError(f"finish expects a 1x3xHxW network output, got {tuple(sr_rgb.shape)}")
+    sr = sr_rgb.detach()
+    height, width = sr.shape[-2:]
+    has_alpha = restore.channels in (2, 4)
+    if has_alpha and (alpha_sr is None or tuple(alpha_sr.shape[-2:]) != (height, width)):
+        got = None if alpha_sr is None else tuple(alpha_sr.shape)
+        raise ValueError(f"this image has alpha: finish needs a 1x1x{height}x{width} alpha, got {got}")
+    # One buffer owned here (colour, then alpha): later steps may work in place without touching the caller's.
+    y = torch.empty((1, restore.channels, height, width), dtype=torch.float32, device=sr.device)
+    if restore.channels <= 2:
+        torch.mean(sr.to(torch.float32), dim=1, keepdim=True, out=y[:, :1])
+    else:
+        y[:, :3].copy_(sr)
+    if has_alpha:
+        y[:, -1:].copy_(alpha_sr.detach())
+    y.clamp_(0.0, 1.0)
+    if restore.kind == "tensor":
+        return _to_tensor(y, restore)
+    if restore.kind == "numpy":
+        return _to_numpy(y, restore)
+    return _to_pil(y, restore)
+
+
+def _quantised(y: torch.Tensor, full_scale: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """0..1 floats to ``dtype``; ``y`` is finish's own copy, so it is scaled and rounded in place."""
+    if full_scale is not None:
+        y.mul_(full_scale).round_()  # torch.round: half to even
+    return y.to(dtype)
+
+
+def _to_tensor(y: torch.Tensor, restore: Restore) -> torch.Tensor:
+    full_scale = {torch.uint8: 255, torch.uint16: 65535}.get(restore.dtype)
+    y = _quantised(y, full_scale, restore.dtype).to(restore.device)
+    return y[0] if restore.layout == "CHW" else y
+
+
+def _to_array(y: torch.Tensor, dtype: np.dtype, full_scale: int | None) -> np.ndarray:
+    """1xCxHxW -> HxWxC numpy of ``dtype``; converted to the narrow dtype before the (costly) transpose."""
+    narrow = {("u", 1): torch.uint8, ("u", 2): torch.uint16, ("i", 4): torch.int32, ("f", 2): torch.float16}
+    tdtype = narrow.get((dtype.kind, dtype.itemsize), torch.float32 if dtype.itemsize <= 4 else torch.float64)
+    arr = _quantised(y, full_scale, tdtype)[0].permute(1, 2, 0).contiguous().cpu().numpy()
+    return arr.astype(dtype, copy=False)  # byte order and exotic float widths
+
+
+def _to_numpy(y: torch.Tensor, restore: Restore) -> np.ndarray:
+    dtype: np.dtype = restore.dtype
+    full_scale = (255 if dtype.itemsize == 1 else 65535) if dtype.kind == "u" else None
+    arr = _to_array(y, dtype, full_scale)
+    return arr[:, :, 0] if restore.layout == "HW" else arr
+
+
+def _to_pil(y: torch.Tensor, restore: Restore) -> Image.Image:
+    mode = restore.layout
+    _, storage, full_scale = _PIL_MODES[mode]
+    arr = _to_array(y, np.dtype(storage), full_scale)
+    height, width = arr.shape[:2]
+    im = Image.frombytes(mode, (width, height), arr.tobytes(), "raw", mode)
+    im.info.update(restore.info)
+    return im
+
+
+def collate(results: Sequence[Any]) -> Any:
+    """The results of ``finish`` for ONE ``prepare`` call, as one object.
+
+    One result is returned as is; the N results of an NxCxHxW tensor are concatenated back into one.
+
+    Example:
+        >>> import torch
+        >>> collate([torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)]).shape
+        torch.Size([2, 3, 2, 2])
+    """
+    if len(results) == 1:
+        return results[0]
+    if not results or not all(isinstance(r, torch.Tensor) and r.ndim == 4 for r in results):
+        raise ValueError("collate joins the 1xCxHxW results of one batched tensor; got something else")
+    return torch.cat(list(results), dim=0)
