@@ -181,3 +181,74 @@ def convert_file(
     data = to_safetensors_bytes(tensors, canonical_metadata(desc))
     atomic_write_bytes(data, dst)
     return hashlib.sha256(data).hexdigest()
+
+
+def identify_checkpoint(path: str | os.PathLike[str], scale: int | None = None) -> ModelDescriptor:
+    """Which supported (model, scale) a weights file holds, from its contents alone.
+
+    In order: lightsr's own safetensors header; the file's sha256 against every official upstream
+    checkpoint in the manifest; then each architecture family's ``match_state_dict`` on the keys and
+    shapes (wrapper keys and ``module.`` prefixes removed), kept only if the configuration it finds is one
+    lightsr ships (the value range a network was trained on cannot be read from its weights).
+    ``scale`` settles files that hold several scales (CARN-M) or whose scale the shapes cannot tell
+    (PAN x2 and x3 are shaped alike).
+    """
+    from lightsr._zoo import ModelDescriptor as _Desc
+    from lightsr._zoo import records
+    from lightsr.archs import FAMILIES
+    from lightsr.errors import WeightsNotFoundError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist")
+
+    def pick(candidates: list[dict[str, Any]], how: str) -> ModelDescriptor:
+        if scale is not None:
+            chosen = [r for r in candidates if r["scale"] == scale]
+            if not chosen:
+                found = ", ".join(f"{r['model']} x{r['scale']}" for r in candidates)
+                raise CheckpointError(f"{str(path)!r} is {found} ({how}), not x{scale}; pass the right scale")
+        else:
+            chosen = sorted(candidates, key=lambda r: (not r.get("default"), -r["scale"]))
+        return _Desc.from_record(chosen[0])
+
+    if is_safetensors(path):
+        _, meta = read_safetensors(path)
+        if meta.get("model"):
+            from lightsr._zoo import find_record
+
+            return _Desc.from_record(find_record(meta["model"], int(meta["scale"])))
+        state = read_safetensors(path)[0]
+    else:
+        digest = sha256_file(path)
+        exact = [r for r in records() if r["upstream"]["sha256"] == digest]
+        if exact:
+            return pick(exact, "identified by its sha256")
+        state = read_upstream(path)
+
+    recognised: list[str] = []
+    for arch in FAMILIES:
+        family = get_family(arch)
+        config = family.match_state_dict(state)
+        if config is None:
+            continue
+        recognised.append(f"{arch} {config}")
+        same_shape = {k: v for k, v in config.items() if k not in ("scale", "upscale")}
+        candidates = [
+            r for r in records()
+            if r["arch"] == arch and r["arch_config"]
+            and {k: v for k, v in r["arch_config"].items() if k not in ("scale", "upscale")} == same_shape
+            and (scale is not None or r["arch_config"].get("scale", r["arch_config"].get("upscale"))
+                 == config.get("scale", config.get("upscale")))
+        ]
+        if candidates:
+            return pick(candidates, f"recognised as {arch} from its keys and shapes")
+    if recognised:
+        raise CheckpointError(
+            f"{str(path)!r} looks like {'; '.join(recognised)}, but no model lightsr ships has that "
+            "configuration; load it with a model name only if it is one of `lightsr models`"
+        )
+    raise CheckpointError(
+        f"{str(path)!r} is none of the architectures lightsr supports ({', '.join(FAMILIES)}); "
+        "pass a model name and check that the file is an SR checkpoint"
+    )
