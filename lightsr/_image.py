@@ -244,7 +244,9 @@ def _refuse_16bit_colour(im: Image.Image, name: str) -> None:
             f"{name!r} has 16 bits per colour channel, which Pillow can only open as 8-bit {im.mode}; "
             "to keep 16 bits, read it into a numpy uint16 HxWx3/HxWx4 array yourself (e.g. "
             "imageio.v3.imread, tifffile.imread, or cv2.imread(path, cv2.IMREAD_UNCHANGED)[..., ::-1]) and "
-            "pass the array (the result is uint16); or convert the file to 8 bits first"
+            "pass the array (the result is uint16); or convert the file to 8 bits first. The command line "
+            "`lightsr upscale` reads and writes 16-bit colour TIFFs when tifffile is installed "
+            "(pip install 'lightsr[tiff]')"
         )
 
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,26 +78,15 @@ class _UsageError(Exception):
     pass
 
 
-def _save_atomically(image: "Image.Image", dst: Path) -> None:
-    """Write beside the destination, then rename: an interrupted run never leaves a truncated image."""
+@contextlib.contextmanager
+def _atomic_output(dst: Path) -> Iterator[str]:
+    """A temporary path beside ``dst``, renamed onto it on success and removed on any failure or interrupt,
+    so an interrupted run never leaves a truncated image under the final name."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f"{_TMP_MARK}{dst.suffix}", dir=dst.parent)
     os.close(fd)
     try:
-        params: dict[str, object] = {}
-        icc = image.info.get("icc_profile")
-        if icc:
-            params["icc_profile"] = icc
-        ext = dst.suffix.lower()
-        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-               ".bmp": "BMP", ".gif": "GIF", ".ppm": "PPM", ".pgm": "PPM", ".tga": "TGA"}.get(ext, "PNG")
-        if fmt == "JPEG":
-            params["quality"] = 95
-            if image.mode not in ("RGB", "L", "CMYK"):
-                image = image.convert("RGB")
-        elif fmt == "WEBP" and ext == ".webp":
-            params["lossless"] = True
-        image.save(tmp, format=fmt, **params)
+        yield tmp
         # mkstemp creates 0600 files; give the output the permissions a plain open() would (umask applies).
         umask = os.umask(0)
         os.umask(umask)
@@ -107,6 +96,60 @@ def _save_atomically(image: "Image.Image", dst: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+_PIL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                ".bmp": "BMP", ".gif": "GIF", ".ppm": "PPM", ".pgm": "PPM", ".tga": "TGA"}
+
+
+def _save_atomically(image: Image.Image, dst: Path) -> None:
+    params: dict[str, object] = {}
+    if image.info.get("icc_profile"):
+        params["icc_profile"] = image.info["icc_profile"]
+    if image.info.get("exif"):
+        params["exif"] = image.info["exif"]
+    fmt = _PIL_FORMATS.get(dst.suffix.lower(), "PNG")
+    if fmt == "JPEG":
+        params["quality"] = 95
+        if image.mode not in ("RGB", "L", "CMYK"):
+            image = image.convert("RGB")
+    elif fmt == "WEBP":
+        params["lossless"] = True
+    with _atomic_output(dst) as tmp:
+        image.save(tmp, format=fmt, **params)
+
+
+def _read_deep_tiff(path: Path) -> Any:
+    """A 16-bit-per-channel colour TIFF as a numpy uint16 array, or None for anything else.
+
+    Pillow decodes such files to 8 bits; tifffile (the optional ``lightsr[tiff]`` extra) reads them whole.
+    Without tifffile these files reach lightsr's image reader, whose error names this extra.
+    """
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if page.dtype is None or page.dtype.itemsize != 2 or page.samplesperpixel < 3:
+                return None
+            return page.asarray()
+    except (tifffile.TiffFileError, ValueError):
+        return None  # let lightsr's own reader report what is wrong with the file
+
+
+def _write_deep_tiff(array: Any, dst: Path) -> None:
+    if dst.suffix.lower() not in (".tif", ".tiff"):
+        raise lightsr.errors.OutputError(
+            f"16-bit colour can only be written as TIFF here, not {dst.suffix}; use --format tiff (or same)"
+        )
+    import tifffile
+
+    with _atomic_output(dst) as tmp:
+        tifffile.imwrite(tmp, array, photometric="rgb", compression="zlib")
 
 
 def _remove_stale_partials(folders: set[Path]) -> None:
@@ -160,10 +203,17 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                 entry["skipped"] = True
                 entry["error"] = None
             else:
-                result = upscaler.upscale(str(job.src), tile_size=args.tile)
-                entry["size_out"] = list(result.size)
-                entry["size_in"] = [result.size[0] // args.scale, result.size[1] // args.scale]
-                _save_atomically(result, job.dst)
+                deep = _read_deep_tiff(job.src)
+                if deep is not None:  # 16-bit colour: Pillow cannot hold it, numpy keeps all 16 bits
+                    result_array = upscaler.upscale(deep, tile_size=args.tile)
+                    entry["size_out"] = [result_array.shape[1], result_array.shape[0]]
+                    _write_deep_tiff(result_array, job.dst)
+                else:
+                    result = upscaler.upscale(str(job.src), tile_size=args.tile)
+                    entry["size_out"] = list(result.size)
+                    _save_atomically(result, job.dst)
+                width, height = entry["size_out"]  # type: ignore[misc]
+                entry["size_in"] = [width // args.scale, height // args.scale]
                 if not args.quiet and not args.json and not show_progress:
                     print(f"{job.src} -> {job.dst}")
         except KeyboardInterrupt:

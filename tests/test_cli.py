@@ -172,3 +172,21 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     assert sum(1 for e in images if e.get("skipped")) == len(done)
     assert len(list(out.glob("img*.png"))) == n
     assert not list(out.glob(".*partial*")), "stale temporary files from a killed run are removed"
+
+
+def test_16bit_colour_tiff_stays_16bit(tmp_path: Path, rtc_weights: str) -> None:
+    tifffile = pytest.importorskip("tifffile")  # the `tiff` extra; CI installs it with the test extra
+    rng = np.random.default_rng(2)
+    deep = rng.integers(0, 65536, (12, 10, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "scan.tif", deep, photometric="rgb")
+    res = run_cli("upscale", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "out"), *MODEL_ARGS,
+                  "--weights", rtc_weights, "--json")
+    assert res.returncode == 0, res.stderr
+    out = tifffile.imread(tmp_path / "out" / "scan.tif")
+    assert out.dtype == np.uint16 and out.shape == (24, 20, 3)
+    assert np.unique(out).size > 256  # really 16-bit values, not 8-bit ones scaled up
+    entry = json.loads(res.stdout)["images"][0]
+    assert entry["size_in"] == [10, 12] and entry["size_out"] == [20, 24]
+    bad = run_cli("upscale", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "png"), *MODEL_ARGS,
+                  "--weights", rtc_weights, "--format", "png")
+    assert bad.returncode == 1 and "use --format tiff" in bad.stderr
