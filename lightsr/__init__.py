@@ -8,7 +8,10 @@ Example:
 """
 
 from lightsr import errors
+from lightsr._api import ModelInfo, convert_checkpoint, download_weights, list_models
 from lightsr._engine import Upscaler, load_model, upscale
+from lightsr._evaluate import evaluate
 from lightsr._version import __version__
 
-__all__ = ["__version__", "errors", "load_model", "upscale", "Upscaler"]
+__all__ = ["__version__", "errors", "load_model", "upscale", "Upscaler", "convert_checkpoint", "evaluate",
+           "list_models", "download_weights", "ModelInfo"]

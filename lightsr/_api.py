@@ -43,6 +43,12 @@ class ModelInfo:
     ``paper_psnr`` and ``reproduced_psnr`` are Set5 Y-PSNR in dB (None where unknown); ``license`` is the
     weights' license (None: upstream states none, so lightsr fetches them from upstream and never re-hosts
     them); ``cached`` says whether the weights are in a local cache, so loading them needs no network.
+
+    Example:
+        >>> import lightsr
+        >>> info = next(m for m in lightsr.list_models() if m.name == "rfdn")
+        >>> info.scale, info.license
+        (4, 'MIT')
     """
 
     name: str

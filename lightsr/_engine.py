@@ -1,25 +1,64 @@
-"""Device and precision choice, the Upscaler class, and load_model."""
+"""Device and precision choice, the Upscaler class, load_model, and the NaN / out-of-memory fallbacks."""
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import threading
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lightsr import _hub
+from lightsr import _hub, _image
+from lightsr._tiling import (
+    TileRegion,
+    TileStatistics,
+    auto_tile_size,
+    count_image_reductions,
+    padded_length,
+    tiled_apply,
+)
 from lightsr._weights import load_into, load_weights_file
 from lightsr._zoo import ModelDescriptor, describe
 from lightsr.errors import CheckpointError, DeviceError, InputError
 
+logger = logging.getLogger("lightsr")
+
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Default LR context around each tile. With it (and a cross-fade of half of it), tiled output of
+# every zoo model stays within 0.01 dB Y-PSNR of whole-image output on Set14, also at tile_size=64
+# (measured table: docs and tests/test_engine.py).
+DEFAULT_TILE_PAD = 24
+# Smallest tile the OOM fallback goes down to, and smallest tile a caller may ask for.
+MIN_TILE = 16
+# Statistics passes before the final one when a network with whole-map reductions is tiled: two
+# bring tiled output within a grey level of whole-image output (one leaves up to ~10 levels).
+GATHER_PASSES = 2
+# Activation memory one run may use on a CPU (per call: concurrent calls each take this much).
+CPU_BUDGET_BYTES = 1 << 30
+# Share of the device's free memory one run may use on CUDA / MPS.
+GPU_BUDGET_FRACTION = 0.5
+# Tiles batched into one network call when the caller does not say.
+MAX_AUTO_TILE_BATCH = 8
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA if available, else MPS, else CPU; anything else is checked to exist."""
+    """The ``torch.device`` to run on: ``'auto'`` picks CUDA if available, else MPS, else CPU.
+
+    Any other value (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``'mps'`` or a ``torch.device``) is checked to
+    exist here; a missing one raises :class:`~lightsr.errors.DeviceError`.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
     if isinstance(device, torch.device):
         dev = device
     elif device == "auto":
@@ -33,16 +72,41 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError) as exc:
-            raise DeviceError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {str(dev)!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DeviceError(f"device {str(dev)!r} requested but MPS is not available; use device='cpu' or 'auto'")
+            raise DeviceError(
+                f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {str(dev)!r} requested but CUDA is not available; use device='cpu' or 'auto'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"device {str(dev)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                "use 'cuda:0' or 'auto'"
+            )
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError(
+                f"device {str(dev)!r} requested but MPS is not available; use device='cpu' or 'auto'"
+            )
+    elif dev.type != "cpu":
+        raise DeviceError(f"device type {dev.type!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'")
     return dev
 
 
+@lru_cache(maxsize=1)
 def cpu_has_bf16_units() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16)."""
+    """True when this CPU has native bf16 matrix instructions (AMX-BF16 or AVX512-BF16).
+
+    Read from what the CPU reports (PyTorch's probes where present, else the flags in ``/proc/cpuinfo``),
+    never guessed from the vendor. Where neither is available (macOS, Windows) the answer is False,
+    which only means fp32 is chosen by ``precision='auto'``.
+
+    Example:
+        >>> isinstance(cpu_has_bf16_units(), bool)
+        True
+    """
     cpu = getattr(torch._C, "_cpu", None)
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         fn = getattr(cpu, probe, None)
@@ -60,7 +124,16 @@ def cpu_has_bf16_units() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' -> fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32; or the named one."""
+    """The compute dtype for ``precision`` on ``device``.
+
+    ``'auto'`` gives fp16 on CUDA, bf16 on CPUs with native bf16 units (:func:`cpu_has_bf16_units`),
+    fp32 otherwise (MPS included); ``'fp32'``, ``'fp16'``, ``'bf16'`` force one. Unknown values raise
+    :class:`~lightsr.errors.DeviceError`.
+
+    Example:
+        >>> resolve_precision("fp32", torch.device("cpu"))
+        torch.float32
+    """
     if precision == "auto":
         if device.type == "cuda":
             return torch.float16
@@ -69,14 +142,94 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     try:
         return _PRECISIONS[precision]
-    except KeyError:
+    except (KeyError, TypeError):
         raise DeviceError(f"unknown precision {precision!r}; use 'auto', 'fp32', 'fp16' or 'bf16'") from None
 
 
-class Upscaler:
-    """A loaded super-resolution model, ready to upscale.
+def _model_dtype(precision: str, device: torch.device, desc: ModelDescriptor) -> torch.dtype:
+    """resolve_precision, then respect the model's traits: 'auto' never picks a precision marked unsafe."""
+    dtype = resolve_precision(precision, device)
+    unsafe = (dtype is torch.float16 and not desc.traits.fp16_safe) or (
+        dtype is torch.bfloat16 and not desc.traits.bf16_safe
+    )
+    if unsafe:
+        name = {v: k for k, v in _PRECISIONS.items()}[dtype]
+        if precision == "auto":
+            return torch.float32
+        warnings.warn(
+            f"{desc.name} x{desc.scale} is marked unsafe in {name} (quality loss or overflow); running in "
+            f"{name} because it was asked for. Tiles that overflow are recomputed in fp32.",
+            stacklevel=3,
+        )
+    return dtype
 
-    ``module`` is the network as a 0..1-in, 0..1-out ``nn.Module`` in eval mode, in fp32 on ``device``.
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):  # torch.cuda.OutOfMemoryError is this class
+        return True
+    # MPS and some CUDA paths (cuDNN workspace) report plain RuntimeErrors.
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes of activations one network call may use on ``device``."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * GPU_BUDGET_FRACTION)
+    if device.type == "mps":
+        try:
+            free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+            return max(int(free * GPU_BUDGET_FRACTION), 256 << 20)
+        except (AttributeError, RuntimeError):
+            return 2 << 30
+    return CPU_BUDGET_BYTES
+
+
+def _bytes_per_lr_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> int:
+    """A generous estimate of peak activation bytes per LR input pixel of one network call.
+
+    The widest convolution output sets the feature width; the factor 24 covers the feature maps a
+    lightweight SR network keeps alive at once (distilled features waiting for their concat,
+    attention branches), plus the HR output. Measured peak RSS on CPU (300 x 300 LR): E-RFDN fp32
+    4.4 kB/px (estimate 5.2), IMDN x2 fp32 4.8 kB/px (6.2), IMDN x2 bf16 2.9 kB/px (3.1).
+    Overestimating only makes tiles smaller; underestimating is caught by the OOM fallback on GPUs.
+    """
+    widths = [m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d)]
+    width = max(widths, default=64)
+    item = torch.tensor([], dtype=dtype).element_size()
+    return 24 * width * item + 3 * scale * scale * (item + 4)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one group of same-sized images runs: whole (tile None) or tiled, and how many per call."""
+
+    tile: int | None
+    pad: int
+    batch: int  # images per call when whole, tiles per call when tiled
+
+
+class Upscaler:
+    """A loaded super-resolution model, ready to upscale; safe to share between threads.
+
+    ``module`` is the network as a 0..1-in, 0..1-out ``nn.Module`` in eval mode, in fp32 on ``device``
+    (the plain model, for callers who want to run it themselves). Upscaling itself runs a private copy
+    of it in the compute precision (``precision``: ``'fp32'``, ``'fp16'`` or ``'bf16'``) and the
+    channels-last memory layout; any tile whose reduced-precision output holds NaN or Inf is
+    recomputed with ``module`` in fp32. Calls keep no state on the instance, so threads of a server
+    may call :meth:`upscale` on one Upscaler at once and get what serial calls would give.
+
+    Large images run in overlapping, cross-faded tiles. For networks that reduce whole feature maps
+    (channel attention, GroupNorm, global pooling), tiled runs first gather those statistics over
+    the whole image (:data:`GATHER_PASSES` extra passes over the tiles), so the result does not
+    depend on the tile size: it stays within about a grey level of the whole-image result.
 
     Example:
         >>> import torch, lightsr
@@ -85,51 +238,309 @@ class Upscaler:
         torch.Size([1, 3, 64, 64])
     """
 
-    def __init__(self, module: nn.Module, descriptor: ModelDescriptor, *, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        module: nn.Module,
+        descriptor: ModelDescriptor,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        compile: bool = False,
+    ):
         self.descriptor = descriptor
         self.device = device
         self.dtype = dtype
-        self.module = module.to(device).eval()
+        self.module = module.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        # The compute copy holds its weights in the compute dtype and layout once and for all: no
+        # per-call casts, and no swapping of the shared module's dtype (which would race between threads).
+        compute = copy.deepcopy(self.module).to(dtype=dtype)
+        if device.type != "mps":  # channels_last: the fast conv layout of oneDNN (CPU) and CUDA tensor cores
+            compute = compute.to(memory_format=torch.channels_last)
+        self._compute: Any = compute
+        # torch.compile's first calls (tracing) are not thread-safe: compiled calls are serialised.
+        self._compiled: Any = torch.compile(compute, dynamic=None) if compile else None
+        self._compile_lock = threading.Lock() if compile else None
+        # Networks that reduce whole feature maps (channel attention, GroupNorm...) need statistics
+        # passes when tiled; counted once on a small probe.
+        side = padded_length(max(descriptor.traits.min_size, 16), 1, descriptor.traits.size_multiple)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, side, side, device=device)
+            self._image_reductions = count_image_reductions(self.module, probe)
 
     @property
     def name(self) -> str:
+        """The model name, e.g. ``'rfdn'``."""
         return self.descriptor.name
 
     @property
     def scale(self) -> int:
+        """The upscaling factor: outputs are ``scale`` times the input height and width."""
         return self.descriptor.scale
 
     @property
     def precision(self) -> str:
+        """The compute precision: ``'fp32'``, ``'fp16'`` or ``'bf16'``."""
         return {v: k for k, v in _PRECISIONS.items()}[self.dtype]
 
     def __repr__(self) -> str:
-        return f"Upscaler(name={self.name!r}, scale={self.scale}, device={str(self.device)!r}, precision={self.precision!r})"
+        return (
+            f"Upscaler(name={self.name!r}, scale={self.scale}, device={str(self.device)!r}, "
+            f"precision={self.precision!r})"
+        )
 
-    def upscale(self, image: Any, **options: Any) -> Any:
-        """Upscale a float NCHW tensor in 0..1; returns an N x C x (H*scale) x (W*scale) tensor."""
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or not image.is_floating_point():
-            raise InputError("expected a float NCHW tensor in 0..1")
-        return self._run(image)
+    # ------------------------------------------------------------------ public entry point
+    def upscale(
+        self,
+        image: Any,
+        *,
+        tile_size: int | str | None = "auto",
+        tile_pad: int | None = None,
+        batch_size: int | None = None,
+        max_pixels: int | None = None,
+    ) -> Any:
+        """Upscale ``image`` by :attr:`scale`; the result is the same kind of object as the input.
 
-    @torch.inference_mode()
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        ``image`` may be a file path (a ``PIL.Image`` comes back), a ``PIL.Image`` (same mode), a numpy
+        array ``HxW`` / ``HxWxC`` (uint8, uint16 or float in 0..1; same dtype and layout back), a torch
+        tensor ``CxHxW`` / ``NxCxHxW`` (float in 0..1, uint8 or uint16; same dtype, layout and device
+        back), or a list/tuple of any of these (a list comes back; images of equal size are batched).
+        C may be 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA); alpha is resized bicubically, not
+        by the network. Every output is ``scale`` times the input's height and width, values in range.
+
+        ``tile_size``: ``'auto'`` (default) runs an image whole when it fits a memory budget for the
+        device and otherwise in tiles sized to that budget; ``None`` always runs whole images; an int
+        (>= 16, LR pixels) forces tiles of at most that side. ``tile_pad`` is the LR context around each
+        tile (default :data:`DEFAULT_TILE_PAD`); tiles are cross-faded, so the result has no seams.
+        ``batch_size`` caps how many images (whole runs) or tiles (tiled runs) go through the network
+        at once (default: what fits the budget). ``max_pixels`` refuses inputs with more than that many
+        pixels (:class:`~lightsr.errors.ImageTooLargeError`), e.g. in a web server.
+        On out-of-memory the batch is split and then the tile halved and the run retried, down to 16
+        LR pixels, before a :class:`~lightsr.errors.DeviceError`.
+
+        Example:
+            >>> import torch, lightsr
+            >>> up = lightsr.load_model("imdn", scale=2, weights="../shared/weights/IMDN_x2.pth", precision="fp32")
+            >>> up.upscale(torch.rand(2, 3, 40, 30), tile_size=16).shape
+            torch.Size([2, 3, 80, 60])
+            >>> import numpy as np
+            >>> [a.shape for a in up.upscale([np.zeros((5, 7, 3), np.uint8), np.zeros((9, 4), np.uint16)])]
+            [(10, 14, 3), (18, 8)]
+        """
+        tile_size, tile_pad, batch_size = _check_options(tile_size, tile_pad, batch_size)
+        many = isinstance(image, (list, tuple))
+        inputs = list(image) if many else [image]
+        # Everything is checked and converted before any network runs, so a bad last item costs nothing.
+        prepared = [_image.prepare(obj, max_pixels=max_pixels) for obj in inputs]
+        flat = [p for items in prepared for p in items]
+        outputs = self._upscale_prepared(flat, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size)
+        results, k = [], 0
+        for items in prepared:
+            results.append(_image.collate(outputs[k : k + len(items)]))
+            k += len(items)
+        return results if many else results[0]
+
+    def _upscale_prepared(
+        self,
+        items: list[_image.Prepared],
+        *,
+        tile_size: int | str | None,
+        tile_pad: int,
+        batch_size: int | None,
+    ) -> list[Any]:
+        """Run the network on every prepared image (same-sized ones as one batch) and finish each."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, p in enumerate(items):
+            groups.setdefault((p.rgb.device, *p.rgb.shape[-2:]), []).append(i)
+        outputs: list[Any] = [None] * len(items)
+        for members in groups.values():
+            x = items[members[0]].rgb if len(members) == 1 else torch.cat([items[i].rgb for i in members])
+            y = self._upscale_rgb(x, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size)
+            for j, i in enumerate(members):
+                p = items[i]
+                alpha = _image.upscale_alpha(p.alpha, self.scale) if p.alpha is not None else None
+                outputs[i] = _image.finish(y[j : j + 1], alpha, p.restore)
+            del x, y
+        return outputs
+
+    # ------------------------------------------------------------------ core
+    def _upscale_rgb(
+        self, x: torch.Tensor, *, tile_size: int | str | None, tile_pad: int, batch_size: int | None
+    ) -> torch.Tensor:
+        """N x 3 x H x W float 0..1 (any device) -> N x 3 x sH x sW float32 0..1 on the same device."""
+        if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
+            raise InputError(f"the image is empty (shape {tuple(x.shape)})")
+        x = x.float()
+        plan = self._plan(x.shape[-2], x.shape[-1], x.shape[0], tile_size, tile_pad, batch_size)
+        with torch.inference_mode():
+            if plan.tile is None:
+                parts = [self._run_retrying(chunk, plan) for chunk in x.split(plan.batch)]
+                y = parts[0] if len(parts) == 1 else torch.cat(parts)
+            else:
+                y = self._run_retrying(x, plan)
+            return y.clamp_(0.0, 1.0).contiguous()
+
+    def _plan(
+        self, h: int, w: int, n: int, tile_size: int | str | None, tile_pad: int, batch_size: int | None
+    ) -> _Plan:
+        """The single place where tile and batch sizes are chosen (budget / per-pixel cost heuristics)."""
         traits = self.descriptor.traits
-        h, w = x.shape[-2:]
-        ph = _padded(h, traits.min_size, traits.size_multiple) - h
-        pw = _padded(w, traits.min_size, traits.size_multiple) - w
-        x = x.to(self.device, torch.float32)
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        y = self.module(x)
-        s = self.scale
-        return y[..., : h * s, : w * s]
+        budget_px = max(
+            1, _memory_budget(self.device) // _bytes_per_lr_pixel(self.module, self.dtype, self.scale)
+        )
+        if tile_size == "auto":
+            tile = auto_tile_size(
+                h,
+                w,
+                budget_pixels=budget_px,
+                tile_pad=tile_pad,
+                multiple=traits.size_multiple,
+                min_size=traits.min_size,
+                floor=MIN_TILE,
+            )
+        else:
+            tile = tile_size  # type: ignore[assignment]
+        hp, wp = (
+            padded_length(h, traits.min_size, traits.size_multiple),
+            padded_length(w, traits.min_size, traits.size_multiple),
+        )
+        if tile is None or tile >= max(hp, wp):
+            per_call = batch_size or max(1, budget_px // (hp * wp))
+            return _Plan(None, tile_pad, min(per_call, n))
+        window = (tile + 2 * tile_pad) ** 2
+        return _Plan(tile, tile_pad, batch_size or max(1, min(MAX_AUTO_TILE_BATCH, budget_px // window)))
+
+    def _tiled(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """One attempt at a plan: a plain tiled run, or gather passes then a replaying run."""
+        traits = self.descriptor.traits
+        common: dict[str, Any] = {
+            "scale": self.scale,
+            "tile_size": plan.tile,
+            "tile_pad": plan.pad,
+            "min_size": traits.min_size,
+            "multiple": traits.size_multiple,
+            "batch_tiles": plan.batch,
+        }
+        if plan.tile is None or not self._image_reductions:
+            return tiled_apply(self._forward, x, **common)  # type: ignore[return-value]
+        stats = TileStatistics()
+        for _ in range(GATHER_PASSES):
+            gather = partial(self._forward, stats=stats, gather=True)
+            tiled_apply(gather, x, with_regions=True, assemble=False, **common)
+            stats.freeze()
+        replay = partial(self._forward, stats=stats, gather=False)
+        return tiled_apply(replay, x, with_regions=True, **common)  # type: ignore[return-value]
+
+    def _run_retrying(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """Run a plan; on out-of-memory, split the batch, then halve the tile, then give up clearly."""
+        while True:
+            try:
+                return self._tiled(x, plan)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            # Outside the except block, so the traceback (and the tensors its frames hold) is freed first.
+            _free_cached_memory(self.device)
+            if plan.tile is None and x.shape[0] > 1:
+                half = (x.shape[0] + 1) // 2
+                logger.warning("out of memory on %d images at once; retrying in two halves", x.shape[0])
+                sub = _Plan(None, plan.pad, max(1, plan.batch // 2))
+                return torch.cat([self._run_retrying(part, sub) for part in x.split(half)])
+            if plan.tile is not None and plan.batch > 1:
+                logger.warning(
+                    "out of memory with %d tiles per call; retrying one tile at a time", plan.batch
+                )
+                plan = _Plan(plan.tile, plan.pad, 1)
+                continue
+            current = plan.tile if plan.tile is not None else max(x.shape[-2:])
+            smaller = current // 2
+            if smaller < MIN_TILE:
+                fix = (
+                    "close other programs or free memory"
+                    if self.device.type == "cpu"
+                    else "free memory on the device (other processes, other models), or use device='cpu'"
+                )
+                raise DeviceError(
+                    f"{self.device} ran out of memory even with tile_size={current} ({failed}); {fix}."
+                )
+            logger.warning("out of memory with tile_size=%s; retrying with tile_size=%d", plan.tile, smaller)
+            plan = _Plan(smaller, plan.pad, 1)
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        regions: list[TileRegion] | None = None,
+        *,
+        stats: TileStatistics | None = None,
+        gather: bool = False,
+    ) -> torch.Tensor:
+        """One network call on a batch of windows (float32, any device) -> output on self.device.
+
+        With ``stats``, the network's whole-map reductions are gathered over the windows' cores
+        (``gather``) and/or replayed with whole-image values. Any sample whose reduced-precision
+        output is not finite is recomputed in fp32 (and only good samples feed the statistics).
+        """
+        xin = x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        if self.device.type != "mps":
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        capture = None
+        if stats is not None:
+            assert regions is not None
+            capture = stats.capture(regions, (x.shape[-2], x.shape[-1]), gather=gather)
+            with capture:
+                y = self._compute(xin)  # eager: the capture must see every torch call
+        elif self._compiled is not None:
+            assert self._compile_lock is not None
+            with self._compile_lock:
+                y = self._compiled(xin)
+        else:
+            y = self._compute(xin)
+        if self.dtype is torch.float32:
+            bad = torch.zeros(0, dtype=torch.long)
+        else:
+            bad = (~torch.isfinite(y).flatten(1).all(dim=1)).nonzero().flatten().cpu()
+        if capture is not None and gather:
+            good = sorted(set(range(x.shape[0])) - set(bad.tolist()))
+            stats.commit(capture, good)  # type: ignore[union-attr]
+        if len(bad) == 0:
+            return y
+        logger.info("%d tile(s) overflowed in %s; recomputing them in fp32", len(bad), self.precision)
+        y = y.float()
+        xb = x[bad.to(x.device)].to(device=self.device, dtype=torch.float32)
+        if stats is not None:
+            assert regions is not None
+            capture = stats.capture(
+                [regions[i] for i in bad.tolist()], (x.shape[-2], x.shape[-1]), gather=gather
+            )
+            with capture:
+                yb = self.module(xb)
+            if gather:
+                stats.commit(capture)
+        else:
+            yb = self.module(xb)
+        y[bad.to(y.device)] = yb.to(y.dtype)
+        return y
 
 
-def _padded(n: int, min_size: int, multiple: int) -> int:
-    n = max(n, min_size)
-    return -(-n // multiple) * multiple
+def _check_options(
+    tile_size: Any, tile_pad: Any, batch_size: Any
+) -> tuple[int | str | None, int, int | None]:
+    if not (tile_size is None or tile_size == "auto"):
+        if isinstance(tile_size, bool) or not isinstance(tile_size, int):
+            raise InputError(f"tile_size must be 'auto', None or an int (LR pixels), got {tile_size!r}")
+        if tile_size < MIN_TILE:
+            raise InputError(f"tile_size={tile_size} is too small; use at least {MIN_TILE}, 'auto' or None")
+    if tile_pad is None:
+        tile_pad = DEFAULT_TILE_PAD
+    elif isinstance(tile_pad, bool) or not isinstance(tile_pad, int) or tile_pad < 0:
+        raise InputError(
+            f"tile_pad must be an int >= 0 (LR pixels of context around each tile), got {tile_pad!r}"
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise InputError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+    return tile_size, tile_pad, batch_size
 
 
 def load_model(
@@ -140,12 +551,17 @@ def load_model(
     device: str | torch.device = "auto",
     precision: str = "auto",
     variant: str | None = None,
+    compile: bool = False,
 ) -> Upscaler:
     """Load a super-resolution model and return an :class:`Upscaler`.
 
     ``name`` is a model from ``lightsr models`` (e.g. ``"rfdn"``, ``"imdn"``, ``"fdiwn"``); ``scale`` the
     upscaling factor. ``weights`` may be a converted ``.safetensors`` file or an upstream checkpoint
     (converted in memory); without it the weights are found in the cache or downloaded.
+    ``device``: ``'auto'`` (CUDA, else MPS, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'mps'``.
+    ``precision``: ``'auto'`` (fp16 on CUDA, bf16 on CPUs with native bf16 units, else fp32; never a
+    precision the model is marked unsafe in), or ``'fp32'``, ``'fp16'``, ``'bf16'``.
+    ``compile=True`` runs the network through ``torch.compile`` (slow first call; calls serialised).
 
     Example:
         >>> import lightsr
@@ -157,7 +573,7 @@ def load_model(
         raise InputError("give a model name, e.g. load_model('rfdn', scale=4)")
     desc = describe(name, scale, variant)
     dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
+    dtype = _model_dtype(precision, dev, desc)
     path = Path(weights) if weights is not None else _hub.resolve_weights(desc)
     tensors = load_weights_file(path, desc)
     net = desc.build_network()
@@ -165,11 +581,23 @@ def load_model(
         load_into(net, tensors, source=str(path))
     except RuntimeError as exc:  # size mismatch
         raise CheckpointError(f"{str(path)!r} does not fit {desc.name} x{desc.scale}: {exc}") from exc
-    return Upscaler(desc.wrap(net), desc, device=dev, dtype=dtype)
+    return Upscaler(desc.wrap(net), desc, device=dev, dtype=dtype, compile=compile)
 
 
 def upscale(image: Any, *, model: str = "rfdn", scale: int = 4, **options: Any) -> Any:
-    """One-line upscale: ``load_model(model, scale)`` then ``.upscale(image)``."""
-    load_keys = {"weights", "device", "precision", "variant"}
+    """One-line upscale: ``load_model(model, scale, ...)`` then ``.upscale(image, ...)``.
+
+    ``options`` go to :func:`load_model` (``weights``, ``device``, ``precision``, ``variant``, ``compile``)
+    or to :meth:`Upscaler.upscale` (``tile_size``, ``tile_pad``, ``batch_size``, ``max_pixels``); ``image``
+    and the result are as for :meth:`Upscaler.upscale`. The model is loaded
+    on every call: to upscale many images, call :func:`load_model` once and reuse the Upscaler.
+
+    Example:
+        >>> import torch, lightsr
+        >>> lightsr.upscale(torch.rand(1, 3, 8, 8), model="imdn", scale=2,
+        ...                 weights="../shared/weights/IMDN_x2.pth").shape
+        torch.Size([1, 3, 16, 16])
+    """
+    load_keys = {"weights", "device", "precision", "variant", "compile"}
     up = load_model(model, scale, **{k: v for k, v in options.items() if k in load_keys})
     return up.upscale(image, **{k: v for k, v in options.items() if k not in load_keys})

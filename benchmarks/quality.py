@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Quality cost of tiling and of reduced precision, per model: the tables of docs/tiling-and-precision.md.
+
+* ``--tiling``: Set14, fp32. Every image is upscaled whole (``tile_size=None``), with ``tile_size="auto"``
+  and in tiles of each ``--tiles`` size with the default ``tile_pad``; the mean Y-PSNR (the papers'
+  protocol: MATLAB bicubic LR, uint8 output, border = scale) of each is recorded with the seconds
+  taken. The issue's bar: every tiled mean within 0.01 dB of the whole-image mean.
+* ``--precision``: Set5, whole images, fp32 / bf16 / fp16 on the CPU, also where a model's traits mark
+  a precision unsafe (``marked_safe`` in the row; ``precision="auto"`` never picks those). The bar: within
+  0.02 dB of fp32, which is what the traits are set from.
+
+Results go to ``benchmarks/results/tiling.json`` and ``precision.json`` (the shapes ``scripts/gen_docs.py``
+reads; then run ``python scripts/gen_docs.py`` to refresh the docs). A run resumes: (model, scale) pairs
+already in the file are kept unless ``--redo``. Deltas are printed as they come.
+
+Usage (from the repository root)::
+
+    python benchmarks/quality.py --tiling --precision          # everything (hours on 2 shared cores)
+    python benchmarks/quality.py --precision --models rfdn imdn:4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import lightsr
+from lightsr import metrics
+from lightsr._engine import DEFAULT_TILE_PAD, cpu_has_bf16_units
+from lightsr._evaluate import read_hr
+from lightsr._zoo import describe, records
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SHARED = Path(os.environ.get("LIGHTSR_SHARED", REPO.parent / "shared"))
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _pairs(selection: list[str]) -> list[tuple[str, int]]:
+    landed = [
+        (r["model"], r["scale"]) for r in records() if r.get("default") and r["arch_config"] is not None
+    ]
+    if not selection:
+        return landed
+    out = []
+    for item in selection:
+        name, _, scale = item.partition(":")
+        out += [p for p in landed if p[0] == name and (not scale or p[1] == int(scale))]
+    return out
+
+
+def _images(shared: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, torch.Tensor]]:
+    out = []
+    for path in sorted((shared / "benchmarks" / dataset / "HR").glob("*.png")):
+        hr = metrics.modcrop(read_hr(path), scale)
+        lr = metrics.imresize_matlab(hr, 1 / scale)
+        out.append((hr, torch.from_numpy(lr.transpose(2, 0, 1).copy()).float().div_(255).unsqueeze(0)))
+    return out
+
+
+def _uint8(t: torch.Tensor) -> np.ndarray:
+    return t[0].double().clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy().astype(np.uint8)
+
+
+def _score(
+    up: lightsr.Upscaler, images: list[tuple[np.ndarray, torch.Tensor]], **options: Any
+) -> tuple[float, float]:
+    """Mean Y-PSNR and total seconds of ``up.upscale(lr, **options)`` over the images."""
+    psnrs, seconds = [], 0.0
+    for hr, lr in images:
+        started = time.perf_counter()
+        sr = up.upscale(lr, **options)
+        seconds += time.perf_counter() - started
+        psnrs.append(metrics.psnr_y(_uint8(sr), hr, up.scale))
+    return float(np.mean(psnrs)), seconds
+
+
+def _device_line() -> str:
+    units = "AMX/AVX512-BF16" if cpu_has_bf16_units() else "no bf16 units"
+    return f"cpu: {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, {units}"
+
+
+def _load(path: Path, kind: str, header: dict[str, Any]) -> dict[str, Any]:
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("kind") == kind:
+            return data
+    return {"kind": kind, **header, "rows": []}
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _weights(shared: Path, name: str, scale: int) -> Path:
+    return shared / "weights" / describe(name, scale).record["upstream"]["filename"]
+
+
+def run_tiling(shared: Path, pairs: list[tuple[str, int]], tiles: list[int], redo: bool) -> None:
+    path = RESULTS / "tiling.json"
+    header = {
+        "dataset": "Set14",
+        "precision": "fp32",
+        "device": _device_line(),
+        "tile_pad": DEFAULT_TILE_PAD,
+        "lightsr": lightsr.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+    data = _load(path, "tiling", header)
+    data.update(header)
+    for name, scale in pairs:
+        if not redo and any((r["model"], r["scale"]) == (name, scale) for r in data["rows"]):
+            continue
+        up = lightsr.load_model(
+            name, scale, weights=_weights(shared, name, scale), device="cpu", precision="fp32"
+        )
+        images = _images(shared, "Set14", scale)
+        rows = []
+        for tile in (None, "auto", *tiles):
+            psnr, seconds = _score(up, images, tile_size=tile)
+            rows.append(
+                {
+                    "model": name,
+                    "scale": scale,
+                    "tile_size": tile,
+                    "psnr_y": psnr,
+                    "seconds": round(seconds, 2),
+                }
+            )
+        whole = rows[0]["psnr_y"]
+        print(
+            f"{name} x{scale}: whole {whole:.4f} dB; "
+            + ", ".join(f"tile {r['tile_size']} {r['psnr_y'] - whole:+.4f}" for r in rows[1:]),
+            flush=True,
+        )
+        data["rows"] = [r for r in data["rows"] if (r["model"], r["scale"]) != (name, scale)] + rows
+        _save(path, data)
+
+
+def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool) -> None:
+    path = RESULTS / "precision.json"
+    header = {
+        "dataset": "Set5",
+        "device": _device_line(),
+        "lightsr": lightsr.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+    data = _load(path, "precision", header)
+    data.update(header)
+    for name, scale in pairs:
+        if not redo and any((r["model"], r["scale"]) == (name, scale) for r in data["rows"]):
+            continue
+        traits = describe(name, scale).traits
+        images = _images(shared, "Set5", scale)
+        rows = []
+        for precision in ("fp32", "bf16", "fp16"):
+            # Measured even where the traits mark a precision unsafe: the table shows why they do.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                up = lightsr.load_model(
+                    name, scale, weights=_weights(shared, name, scale), device="cpu", precision=precision
+                )
+            psnr, seconds = _score(up, images, tile_size=None)
+            rows.append(
+                {
+                    "model": name,
+                    "scale": scale,
+                    "precision": precision,
+                    "psnr_y": psnr,
+                    "seconds": round(seconds, 2),
+                    "marked_safe": {"fp32": True, "bf16": traits.bf16_safe, "fp16": traits.fp16_safe}[
+                        precision
+                    ],
+                }
+            )
+        ref = rows[0]["psnr_y"]
+        print(
+            f"{name} x{scale}: fp32 {ref:.4f} dB; "
+            + ", ".join(f"{r['precision']} {r['psnr_y'] - ref:+.4f}" for r in rows[1:]),
+            flush=True,
+        )
+        data["rows"] = [r for r in data["rows"] if (r["model"], r["scale"]) != (name, scale)] + rows
+        _save(path, data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiling", action="store_true", help="Set14: tiled vs whole-image Y-PSNR")
+    parser.add_argument("--precision", action="store_true", help="Set5: bf16/fp16 vs fp32 Y-PSNR")
+    parser.add_argument(
+        "--models", nargs="*", default=[], help="NAME (every scale) or NAME:SCALE; default all"
+    )
+    parser.add_argument("--tiles", type=int, nargs="+", default=[64, 128], help="tile sizes to measure")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder")
+    parser.add_argument("--redo", action="store_true", help="measure again pairs already in the results")
+    args = parser.parse_args(argv)
+    if not (args.tiling or args.precision):
+        parser.error("choose --tiling and/or --precision")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs = _pairs(args.models)
+    if args.precision:
+        run_precision(args.shared, pairs, args.redo)
+    if args.tiling:
+        run_tiling(args.shared, pairs, args.tiles, args.redo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,514 @@
+#!/usr/bin/env python
+"""Speed and memory of lightsr against plain PyTorch and against the machine's own convolution peak.
+
+For every landed (model, scale), in one process, the variants below run *interleaved* (one call of
+each per round, several rounds), so that load on a shared machine hits every variant alike; the
+table reports medians and the median of the per-round ratios to ``plain``:
+
+* ``plain``: ``Upscaler.module`` (the fp32 0..1 network) on an NCHW fp32 tensor under
+  ``torch.no_grad()``, whole image: what a user of the upstream code gets.
+* ``fast fp32`` / ``fast auto``: ``lightsr._fastpath.optimize_for_inference`` in fp32 and in the
+  precision ``precision="auto"`` picks on this device (bf16 on CPUs with bf16 units, fp16 on CUDA).
+* ``up fp32`` / ``up auto``: ``Upscaler.upscale`` as the engine runs it today (tiling ``"auto"``).
+
+Inputs: 320x180 LR for x4 (1280x720 out), 640x360 for x2, 427x240 for x3. Throughput is output
+megapixels per second. ``max|d|`` is the largest absolute difference to ``plain`` (fp32), ``dPSNR``
+the Set5 Y-PSNR change of ``fast auto`` against ``plain`` (reduced precision). The roofline measures
+this machine's best 3x3-convolution throughput at the model's width in each precision, counts the
+network's multiply-adds with forward hooks, and prints achieved FLOP/s as a share of that peak.
+The memory section runs ``lightsr upscale`` x4 in fresh subprocesses on 1500x1500 and 3000x3000 RGB
+images and reports each child's peak resident memory (``ru_maxrss``).
+
+Usage (from the repository root)::
+
+    python benchmarks/speed.py                    # everything (see --help for the parts)
+    python benchmarks/speed.py --quick            # one scale per model, fewer rounds, 1500px memory only
+    python benchmarks/speed.py --models rfdn imdn:4 --no-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import lightsr
+from lightsr import _zoo
+from lightsr._engine import resolve_device, resolve_precision
+from lightsr._fastpath import PASSES, optimize_for_inference
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SHARED = Path(os.environ.get("LIGHTSR_SHARED", REPO.parent / "shared"))
+# LR input per scale: 1280x720 output for x4, 1280x720 for x2, 1281x720 for x3 (H, W).
+LR_SIZE = {2: (360, 640), 3: (240, 427), 4: (180, 320)}
+DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+RESULTS = REPO / "benchmarks" / "results"
+
+
+# ------------------------------------------------------------------------------------------ machine
+def machine_info(device: torch.device) -> dict[str, str]:
+    """What the numbers were measured on: CPU model and bf16 flags, torch, threads, load."""
+    info: dict[str, str] = {"python": platform.python_version(), "torch": torch.__version__}
+    model, flags = platform.processor() or "unknown", set()
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore")
+        for line in text.splitlines():
+            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    info["cpu"] = model
+    info["cores"] = str(os.cpu_count())
+    info["bf16 units"] = ", ".join(f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16") if f in flags) or "none"
+    info["threads"] = str(torch.get_num_threads())
+    with contextlib.suppress(OSError):
+        info["load average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    info["device"] = str(device)
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (timings on CUDA are otherwise launch times); nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------ timing
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, device: torch.device | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call of every function, one call of each per round (so load drifts hit all alike)."""
+    dev = device or torch.device("cpu")
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+            synchronize(dev)
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                synchronize(dev)
+                t0 = time.perf_counter()
+                fn()
+                synchronize(dev)
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_speedup(base: Sequence[float], other: Sequence[float]) -> float:
+    """Median over rounds of base/other: each round's pair saw the same machine load."""
+    return statistics.median(b / o for b, o in zip(base, other))
+
+
+# ------------------------------------------------------------------------------------------ roofline
+def count_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """Multiply-adds of every convolution and linear layer for one call on ``x`` (forward hooks), and the
+    network's width: the feature width (larger of in/out channels) of the 3x3 convolutions that carry the
+    most multiply-adds (CARN-M's grouped 64-wide convs count as 64, not its 3-channel exit conv)."""
+    total = 0
+    by_width: Counter[int] = Counter()
+
+    def conv_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        macs = out.numel() * math.prod(m.kernel_size) * (m.in_channels // m.groups)  # type: ignore[attr-defined]
+        total += macs
+        if m.kernel_size == (3, 3):  # type: ignore[attr-defined]
+            by_width[max(m.in_channels, m.out_channels)] += macs  # type: ignore[attr-defined]
+
+    def linear_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * m.in_features  # type: ignore[attr-defined]
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    width = by_width.most_common(1)[0][0] if by_width else 64
+    return total, width
+
+
+_PEAK_CACHE: dict[tuple[int, torch.dtype, str], float] = {}
+
+
+def conv_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int = 5) -> float:
+    """This machine's best FLOP/s on a width->width 3x3 conv, channels-last, in ``dtype``.
+
+    Best over a few spatial sizes (cache-resident to full-frame) and the fastest of ``rounds`` calls:
+    a peak, not a typical value. Cached per (width, dtype, device).
+    """
+    key = (width, dtype, str(device))
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    conv = nn.Conv2d(width, width, 3, padding=1).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    best = 0.0
+    with torch.inference_mode():
+        for h, w in ((64, 64), (128, 128), (180, 320)):
+            x = torch.randn(1, width, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            reps = max(1, 60000 // (h * w))
+            conv(x)
+            for _ in range(rounds):
+                synchronize(device)
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    conv(x)
+                synchronize(device)
+                dt = (time.perf_counter() - t0) / reps
+                best = max(best, 2 * width * width * 9 * h * w / dt)
+    _PEAK_CACHE[key] = best
+    return best
+
+
+# ------------------------------------------------------------------------------------------ models
+@dataclass
+class Case:
+    """One (model, scale) record with its local upstream checkpoint."""
+
+    record: dict[str, Any]
+    weights: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.record['model']} x{self.record['scale']}"
+
+
+def landed_cases(shared: Path, wanted: Sequence[str] | None, quick: bool) -> list[Case]:
+    """Records whose architecture has landed (arch_config set) and whose checkpoint is in shared/weights.
+
+    ``wanted``: ``name`` (every scale) or ``name:scale``; ``quick``: one scale per model (x4 if any).
+    """
+    cases = []
+    for rec in _zoo.records():
+        if rec.get("arch_config") is None:
+            continue
+        path = shared / "weights" / rec["upstream"]["filename"]
+        if not path.is_file():
+            continue
+        if wanted:
+            keys = {rec["model"], f"{rec['model']}:{rec['scale']}"}
+            if not keys & set(wanted):
+                continue
+        cases.append(Case(rec, path))
+    if quick:
+        best: dict[str, Case] = {}
+        for c in cases:
+            cur = best.get(c.record["model"])
+            if cur is None or abs(c.record["scale"] - 4) < abs(cur.record["scale"] - 4):
+                best[c.record["model"]] = c
+        cases = list(best.values())
+    return cases
+
+
+def load(case: Case, precision: str, device: torch.device) -> lightsr.Upscaler:
+    rec = case.record
+    return lightsr.load_model(
+        rec["model"], rec["scale"], weights=case.weights, device=device, precision=precision, variant=rec.get("variant")
+    )
+
+
+def natural_lr(shared: Path, h: int, w: int) -> torch.Tensor:
+    """A natural LR input of h x w (Set14 baboon, resized): on noise some networks (PAN, BSRN) blow
+    features up to 1e4..1e10, which says nothing about images and swamps the fp32 comparison."""
+    from PIL import Image
+
+    img = Image.open(shared / "benchmarks" / "Set14" / "HR" / "baboon.png").convert("RGB").resize((w, h), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+class _FnUpscaler:
+    """The minimum ``lightsr.evaluate`` needs from a model: ``scale`` and ``upscale(x, tile_size=None)``."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], scale: int, name: str, device: torch.device):
+        self.fn, self.scale, self.name, self.device = fn, scale, name, device
+
+    def upscale(self, x: torch.Tensor, tile_size: Any = None) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.fn(x.to(self.device)).float().cpu()
+
+
+def set5_psnr(fn: Callable[[torch.Tensor], torch.Tensor], scale: int, shared: Path, device: torch.device) -> float:
+    res = lightsr.evaluate(_FnUpscaler(fn, scale, "x", device), shared / "benchmarks" / "Set5")
+    return res.psnr_y
+
+
+# ------------------------------------------------------------------------------------------ one model
+@dataclass
+class Row:
+    label: str
+    lr: tuple[int, int]
+    out_mp: float
+    gmac: float
+    width: int
+    auto: str
+    times: dict[str, list[float]]
+    speedup: dict[str, float]
+    max_diff: float
+    dpsnr: float | None
+    pct_peak: dict[str, float] = field(default_factory=dict)
+
+
+def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr: bool, upscaler: bool) -> Row:
+    up32 = load(case, "fp32", device)
+    plain = up32.module
+    desc = up32.descriptor
+    auto_dtype = resolve_precision("auto", device)
+    if (auto_dtype is torch.bfloat16 and not desc.traits.bf16_safe) or (
+        auto_dtype is torch.float16 and not desc.traits.fp16_safe
+    ):
+        auto_dtype = torch.float32
+    fast32 = optimize_for_inference(plain, desc, dtype=torch.float32, device=device)
+    fastauto = optimize_for_inference(plain, desc, dtype=auto_dtype, device=device)
+    s = desc.scale
+    h, w = LR_SIZE[s]
+    x = natural_lr(shared, h, w).to(device)
+    fns: dict[str, Callable[[], Any]] = {
+        "plain": lambda: plain(x),
+        "fast fp32": lambda: fast32(x),
+        "fast auto": lambda: fastauto(x),
+    }
+    if upscaler:
+        upauto = load(case, "auto", device)
+        fns["up fp32"] = lambda: up32.upscale(x)
+        fns["up auto"] = lambda: upauto.upscale(x)
+    with torch.no_grad():
+        ref = plain(x)
+        max_diff = float((fast32(x).float() - ref).abs().max())
+    times = time_interleaved(fns, rounds, device=device)
+    speed = {k: paired_speedup(times["plain"], v) for k, v in times.items()}
+    macs, width = count_macs(plain, x)
+    pct = {}
+    for name, dtype in (("plain", torch.float32), ("fast fp32", torch.float32), ("fast auto", auto_dtype)):
+        peak = conv_peak(width, dtype, device)
+        pct[name] = 100.0 * 2 * macs / statistics.median(times[name]) / peak
+    dpsnr = None
+    if psnr and auto_dtype is not torch.float32:
+        base = set5_psnr(plain, s, shared, device)
+        dpsnr = set5_psnr(fastauto, s, shared, device) - base
+    out_mp = h * s * w * s / 1e6
+    return Row(case.label, (w, h), out_mp, macs / 1e9, width, DTYPE_NAME[auto_dtype], times, speed, max_diff, dpsnr, pct)
+
+
+# ------------------------------------------------------------------------------------------ ablation
+def ablation(case: Case, device: torch.device, rounds: int, shared: Path) -> list[tuple[str, float, float, int]]:
+    """Each rewrite's share: cumulative passes in the auto dtype; (step, MP/s, x plain, rewrites)."""
+    up32 = load(case, "fp32", device)
+    plain, desc = up32.module, up32.descriptor
+    dtype = resolve_precision("auto", device)
+    h, w = LR_SIZE[desc.scale]
+    x = natural_lr(shared, h, w).to(device)
+    steps: list[tuple[str, tuple[str, ...]]] = [("cast + channels-last only", ())]
+    for i, p in enumerate(PASSES):
+        steps.append((f"+ {p}", PASSES[: i + 1]))
+    mods = {label: optimize_for_inference(plain, desc, dtype=dtype, device=device, passes=ps) for label, ps in steps}
+    fns: dict[str, Callable[[], Any]] = {"plain": lambda: plain(x)}
+    fns.update({label: (lambda m=m: m(x)) for label, m in mods.items()})
+    times = time_interleaved(fns, rounds, device=device)
+    mp = h * w * desc.scale**2 / 1e6
+    out = []
+    for label, _ in steps:
+        n = sum(v for k, v in mods[label].report.items() if k in PASSES)
+        out.append((label, mp / statistics.median(times[label]), paired_speedup(times["plain"], times[label]), n))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ tiling
+def tiling_overhead(case: Case, device: torch.device, rounds: int, shared: Path, size: int = 1024) -> tuple[float, float, Any]:
+    """Seconds for a size x size LR input whole vs. with the default tiling; (whole, tiled, plan)."""
+    up = load(case, "auto", device)
+    x = natural_lr(shared, size, size).to(device)
+    fns = {"whole": lambda: up.upscale(x, tile_size=None), "tiled": lambda: up.upscale(x)}
+    times = time_interleaved(fns, rounds, warmup=0, device=device)
+    plan = None
+    with contextlib.suppress(Exception):
+        plan = up._plan(size, size, 1, "auto", 24, None)  # what "auto" chose, for the report
+    return statistics.median(times["whole"]), statistics.median(times["tiled"]), plan
+
+
+# ------------------------------------------------------------------------------------------ memory
+def cli_peak_rss(case: Case, side: int, workdir: Path, fmt: str, precision: str) -> tuple[float, float, int, str]:
+    """Peak resident MB, seconds and exit status of ``lightsr upscale`` on a side x side RGB image (child)."""
+    from PIL import Image
+
+    src = workdir / f"in_{side}.png"
+    if not src.exists():
+        rng = np.random.default_rng(0)
+        # Smooth-ish content (not white noise) so the PNG stays small and the image looks like one.
+        small = rng.integers(0, 256, (side // 8 + 1, side // 8 + 1, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((side, side), Image.BILINEAR).save(src)
+    out = workdir / f"out_{side}"
+    cmd = [
+        sys.executable, "-m", "lightsr", "upscale", str(src), "-o", str(out), "--model", case.record["model"],
+        "--scale", str(case.record["scale"]), "--weights", str(case.weights), "--precision", precision,
+        "--format", fmt, "--overwrite", "-q",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    rc = os.waitstatus_to_exitcode(status)
+    proc.returncode = rc  # reaped by wait4 above; tell Popen so it does not wait again
+    for f in out.glob("*"):
+        f.unlink()
+    return usage.ru_maxrss / 1024.0, seconds, rc, stderr.strip().splitlines()[-1] if rc and stderr.strip() else ""
+
+
+# ------------------------------------------------------------------------------------------ output
+def write_json(path: Path, rows: Sequence[Row], machine: dict[str, str], rounds: int) -> None:
+    """The timings in the shape scripts/make_figures.py reads (kind "speed", one row per variant)."""
+    import json
+
+    device = f"{machine['device']}: {machine['cpu']} ({machine['threads']} threads)"
+    out_rows = []
+    for r in rows:
+        model, scale = r.label.split(" x")
+        for variant, precision in (("plain", "fp32 plain PyTorch"), ("fast fp32", "fp32"), ("fast auto", r.auto)):
+            out_rows.append({
+                "model": model, "scale": int(scale), "precision": precision, "variant": variant,
+                "input": [r.lr[1], r.lr[0]], "ms": round(1000 * statistics.median(r.times[variant]), 2),
+                "speedup": round(r.speedup[variant], 3), "gmac": round(r.gmac, 3),
+                "percent_of_peak": round(r.pct_peak[variant], 1),
+            })
+    data = {"kind": "speed", "device": device, "machine": machine, "rounds": rounds, "rows": out_rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def fmt_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", metavar="NAME[:SCALE]", help="models to run (default: every landed one)")
+    ap.add_argument("--quick", action="store_true", help="one scale per model, 2 rounds, 1500px memory run only")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 3, quick 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder (weights, Set5)")
+    ap.add_argument("--no-psnr", action="store_true", help="skip the Set5 PSNR check")
+    ap.add_argument("--no-upscaler", action="store_true", help="skip the Upscaler.upscale columns")
+    ap.add_argument("--no-memory", action="store_true", help="skip the CLI peak-memory runs")
+    ap.add_argument("--memory-sizes", type=int, nargs="*", default=None, help="image sides for the memory runs")
+    ap.add_argument("--memory-format", default="tiff", help="output format of the memory runs (tiff: no PNG encoder time)")
+    ap.add_argument("--ablation", nargs="*", default=None, metavar="NAME[:SCALE]",
+                    help="models for the per-rewrite table (default rfdn:4 imdn:4; none with --quick)")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="also write the timings as JSON for scripts/make_figures.py (default for a full run: "
+                         "benchmarks/results/speed.json; '-' for none)")
+    ap.add_argument("--tiling", action="store_true", default=None, help="run the 1024x1024 tiling-overhead check")
+    ap.add_argument("--no-tiling", dest="tiling", action="store_false")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    rounds = args.rounds or (2 if args.quick else 3)
+    started = time.perf_counter()
+    cases = landed_cases(args.shared, args.models, args.quick)
+    if not cases:
+        print("no landed model with local weights matches --models", file=sys.stderr)
+        return 2
+
+    print("## Machine\n")
+    print(fmt_table(["", ""], machine_info(device).items()))
+    print(f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round); ratios are medians of per-round ratios\n")
+
+    print("## Throughput (output megapixels per second; x = speed-up over plain)\n", flush=True)
+    rows = []
+    for case in cases:
+        t0 = time.perf_counter()
+        rows.append(bench_case(case, device, rounds, args.shared, not args.no_psnr, not args.no_upscaler))
+        print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
+    header = ["model", "LR in", "GMAC", "plain MP/s", "fast fp32", "max abs d", "auto", "fast auto", "dPSNR Set5"]
+    if not args.no_upscaler:
+        header += ["up fp32", "up auto"]
+    header += ["% peak plain / fp32 / auto"]
+    table = []
+    for r in rows:
+        med = {k: statistics.median(v) for k, v in r.times.items()}
+        cells = [
+            r.label, f"{r.lr[0]}x{r.lr[1]}", f"{r.gmac:.1f}", f"{r.out_mp / med['plain']:.2f}",
+            f"{r.out_mp / med['fast fp32']:.2f} ({r.speedup['fast fp32']:.2f}x)", f"{r.max_diff:.1e}", r.auto,
+            f"{r.out_mp / med['fast auto']:.2f} ({r.speedup['fast auto']:.2f}x)",
+            "-" if r.dpsnr is None else f"{r.dpsnr:+.3f}",
+        ]
+        if not args.no_upscaler:
+            cells += [f"{r.speedup['up fp32']:.2f}x", f"{r.speedup['up auto']:.2f}x"]
+        cells.append(" / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")))
+        table.append(cells)
+    print(fmt_table(header, table))
+    json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
+    if json_path is not None and str(json_path) != "-":
+        write_json(json_path, rows, machine_info(device), rounds)
+        print(f"\n(timings written to {json_path})", file=sys.stderr)
+    peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
+    print("\nMeasured 3x3-conv peaks (width: GFLOP/s): " + ", ".join(
+        f"{w} {DTYPE_NAME[d]}: {_PEAK_CACHE[(w, d, str(device))] / 1e9:.0f}" for w, d in peaks), flush=True)
+
+    ablate = args.ablation if args.ablation is not None else ([] if args.quick else ["rfdn:4", "imdn:4"])
+    if ablate:
+        print(f"\n## What each rewrite buys ({DTYPE_NAME[resolve_precision('auto', device)]}, cumulative)\n")
+        for case in landed_cases(args.shared, ablate, False):
+            res = ablation(case, device, rounds, args.shared)
+            print(f"**{case.label}**\n")
+            print(fmt_table(["step", "MP/s", "x plain", "rewrites"], [(s, f"{mp:.2f}", f"{x:.2f}x", n) for s, mp, x, n in res]))
+            print(flush=True)
+
+    run_tiling = args.tiling if args.tiling is not None else not args.quick
+    if run_tiling:
+        print("\n## Tiling overhead (1024x1024 LR, precision auto)\n")
+        case = next((c for c in landed_cases(args.shared, ["rfdn:4"], False)), cases[0])
+        whole, tiled, plan = tiling_overhead(case, device, max(1, rounds - 1), args.shared)
+        print(fmt_table(["model", "whole s", "default tiling s", "overhead", "plan"],
+                        [(case.label, f"{whole:.2f}", f"{tiled:.2f}", f"{100 * (tiled / whole - 1):+.1f}%", plan)]))
+        print(flush=True)
+
+    if not args.no_memory:
+        sizes = args.memory_sizes or ([1500] if args.quick else [1500, 3000])
+        case = next((c for c in landed_cases(args.shared, ["rfdn:4"], False)), cases[0])
+        print(f"\n## Peak memory of `lightsr upscale` ({case.label}, precision auto, output {args.memory_format})\n")
+        mem_rows = []
+        with tempfile.TemporaryDirectory(prefix="lightsr-bench-") as tmp:
+            for side in sizes:
+                mb, sec, rc, err = cli_peak_rss(case, side, Path(tmp), args.memory_format, "auto")
+                out_mb = side * side * case.record["scale"] ** 2 * 3 / 1e6
+                mem_rows.append((f"{side}x{side}", f"{out_mb:.0f} MB", f"{mb:.0f} MB", f"{sec:.0f}",
+                                 "ok" if rc == 0 else f"exit {rc}: {err}"))
+        print(fmt_table(["input", "uint8 output", "peak RSS", "seconds", "status"], mem_rows))
+
+    print(f"\nbenchmark wall time: {time.perf_counter() - started:.0f} s; load average at the end: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""lightsr._fastpath: every rewrite keeps the network's output (fp32 within 1e-4), on toy graphs built to
+trigger each pattern and on every landed zoo model with its official weights.
+
+Golden values are the plain modules' own outputs (the rewrite must not change the function), fp64
+statistics for the chunked mean/variance, and population variance as defined by ``torch.var(unbiased=False)``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import lightsr
+from lightsr import _fastpath
+from lightsr._fastpath import PASSES, FastModule, FusedConv2d, cpu_tile_size, optimize_for_inference, run_batched
+from lightsr._zoo import ModelDescriptor, records
+from lightsr.archs import NativeRange
+
+TOL_FP32 = 1e-4
+
+
+def _graph_ops(fast: FastModule) -> list[str]:
+    """Names of what the rewritten graph calls (functions, methods, module types)."""
+    gm = fast.body
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            out.append(getattr(n.target, "__name__", str(n.target)))
+        elif n.op == "call_method":
+            out.append(f".{n.target}")
+        elif n.op == "call_module":
+            out.append(type(gm.get_submodule(n.target)).__name__)
+    return out
+
+
+def _check_equal(net: nn.Module, fast: FastModule, x: torch.Tensor, tol: float = TOL_FP32) -> None:
+    with torch.no_grad():
+        ref = net(x)
+        out = fast(x)
+    assert out.shape == ref.shape
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max().item() < tol
+
+
+# ------------------------------------------------------------------------------------ toy networks
+class _Head(nn.Module):
+    def __init__(self, n: int = 8, s: int = 2):
+        super().__init__()
+        self.a = nn.Conv2d(3, n, 3, padding=1)
+        self.b = nn.Conv2d(n, n, 3, padding=1)
+        self.up = nn.Sequential(nn.Conv2d(n, 3 * s * s, 3, padding=1), nn.PixelShuffle(s))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.a(x)
+        return self.up(F.leaky_relu(self.b(f) + f, 0.05))
+
+
+def test_native_range_scales_fold_into_first_and_last_conv():
+    net = NativeRange(_Head(), 255.0).eval()
+    fast = optimize_for_inference(net, dtype=torch.float32)
+    ops = _graph_ops(fast)
+    assert "mul" not in ops and "truediv" not in ops  # both x255 and /255 are gone
+    assert fast.report["fold_input_scale"] == 1 and fast.report["fold_output_scale"] == 1
+    _check_equal(net, fast, torch.rand(2, 3, 13, 11))
+
+
+def test_module_is_not_modified():
+    net = NativeRange(_Head(), 255.0).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimize_for_inference(net, dtype=torch.bfloat16)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) and after[k].dtype == torch.float32 for k in before)
+
+
+class _Shared(nn.Module):
+    """One conv called twice, once on x * 255: folding into one call must not change the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(x * 255.0) + self.c(x) * 0.5
+
+
+def test_folding_into_a_shared_module_copies_it_per_call_site():
+    net = _Shared().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32)
+    assert fast.report["fold_input_scale"] == 1 and fast.report["fold_scalar_mul"] == 1
+    _check_equal(net, fast, torch.rand(1, 3, 9, 10), tol=1e-3)  # outputs ~ 255: same relative error
+
+
+class _Scaled(nn.Module):
+    """A learned scalar and a per-channel scale after convs (FDIWN's res_scale / x_scale pattern)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 6, 1)
+        self.s = nn.Parameter(torch.tensor([0.7]))
+        self.v = nn.Parameter(torch.linspace(0.5, 1.5, 6).view(1, 6, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c1(x) * self.s + self.v * self.c2(x)
+
+
+def test_scalar_and_per_channel_multipliers_fold_into_weights():
+    net = _Scaled().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32)
+    assert fast.report["fold_scalar_mul"] == 2
+    assert "mul" not in _graph_ops(fast)
+    _check_equal(net, fast, torch.rand(1, 3, 8, 9))
+
+
+class _Distill(nn.Module):
+    """IMDN's distillation step: conv -> activation -> split along channels, parts used separately."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(10, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d1, r1 = torch.split(F.leaky_relu(self.c1(x), 0.05), (2, 6), dim=1)
+        d2, r2 = self.c2(r1).chunk(2, dim=1)
+        return self.c3(torch.cat([d1, d2, r2[:, :4]], dim=1)) + x
+
+
+def test_split_of_a_conv_output_becomes_one_conv_per_part():
+    net = _Distill().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 8, 9, 10))
+    assert fast.report["split_conv"] == 2
+    ops = _graph_ops(fast)
+    assert "split" not in ops and ".chunk" not in ops
+    _check_equal(net, fast, torch.rand(2, 8, 11, 12))
+
+
+class _CCA(nn.Module):
+    """Contrast-aware channel attention feeding a 1x1 conv (IMDN / BSRN), plus a global average pool."""
+
+    def __init__(self, n: int = 16):
+        super().__init__()
+        self.du = nn.Sequential(nn.Conv2d(n, 4, 1), nn.ReLU(inplace=True), nn.Conv2d(4, n, 1), nn.Sigmoid())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.c5 = nn.Conv2d(n, n, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+        y = self.c5(x * self.du(std + mean)) + x
+        return y * self.pool(y)
+
+
+@pytest.mark.parametrize("chunk", [4096, 7], ids=["whole", "chunked"])
+def test_contrast_attention_and_global_pool_use_the_one_pass_statistics(monkeypatch, chunk):
+    monkeypatch.setattr(_fastpath, "_STAT_CHUNK", chunk)
+    net = _CCA().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 16, 9, 10))
+    assert fast.report["spatial_stats"] == 2  # mean+variance in one, and the pool
+    assert fast.report["channel_scale"] == 1  # x * attention folded into c5's weights
+    ops = _graph_ops(fast)
+    assert ".mean" not in ops and ".pow" not in ops and "AdaptiveAvgPool2d" not in ops
+    x = torch.rand(1, 16, 9, 13) * 3 + 2  # mean >> std: where a naive E[x^2] - E[x]^2 would lose digits
+    _check_equal(net, fast, x)
+    _check_equal(net, fast, torch.rand(3, 16, 9, 13))  # a batch: per-image statistics and scales
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_spatial_mean_var_matches_fp64(monkeypatch, dtype):
+    monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 100)
+    x = (torch.randn(2, 5, 23, 31, dtype=torch.float64) * 0.5 + 4).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)  # the chunked path (23 * 31 > 100)
+    mean, var = _fastpath._spatial_mean_var(x)
+    xd = x.double()
+    ref_var = xd.var(dim=(2, 3), unbiased=False, keepdim=True)
+    assert mean.dtype == dtype and mean.shape == (2, 5, 1, 1)
+    # fp32 accumulation: only the final rounding to ``dtype`` remains (2**-8 relative for bf16).
+    rel = 1e-6 if dtype == torch.float32 else 2.0**-8
+    assert torch.allclose(mean.double(), xd.mean(dim=(2, 3), keepdim=True), rtol=rel, atol=0)
+    assert torch.allclose(var.double(), ref_var, rtol=rel * 4, atol=0)
+    assert torch.allclose(_fastpath._spatial_mean(x).double(), xd.mean(dim=(2, 3), keepdim=True), rtol=rel)
+
+
+class _LateOther(nn.Module):
+    """``conv(x) + y`` where y is computed after the conv: the fused conv must move after y."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.a(x)
+        v = torch.sigmoid(x) * 2  # not a conv: only u can take the add
+        return F.relu(u + v)
+
+
+def test_add_fuses_into_the_conv_and_respects_order():
+    net = _LateOther().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 4, 9, 10))
+    assert fast.report["fuse_add"] == 1
+    assert "add" not in _graph_ops(fast) and "relu" not in _graph_ops(fast)
+    _check_equal(net, fast, torch.randn(1, 4, 7, 6))
+
+
+def test_every_pass_can_be_switched_off_and_unknown_names_are_refused():
+    net = NativeRange(_Head(), 255.0).eval()
+    none = optimize_for_inference(net, dtype=torch.float32, passes=())
+    assert not any(none.report.get(p) for p in PASSES)
+    _check_equal(net, none, torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="unknown passes"):
+        optimize_for_inference(net, passes=["fuse_everything"])
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return self.c(x)
+        return x
+
+
+def test_untraceable_network_falls_back_to_a_plain_copy():
+    net = _Untraceable().eval()
+    fast = optimize_for_inference(net, dtype=torch.bfloat16)
+    assert fast.report == {"traced": False}
+    x = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        assert fast(x).dtype == torch.bfloat16
+        assert (fast(x).float() - net(x)).abs().max() < 0.05
+
+
+def test_eager_path_used_off_cpu_gives_the_same_result():
+    """CUDA/MPS run FusedConv2d as F.conv2d + eager post-ops; force that path on CPU and compare."""
+    net = _CCA().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 16, 9, 10))
+    x = torch.rand(2, 16, 10, 9)
+    with torch.no_grad():
+        onednn = fast(x)
+        fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
+        assert fused and any(m.onednn for m in fused)
+        for m in fused:
+            m.onednn = False
+        eager = fast(x)
+    assert (onednn - eager).abs().max() < 1e-5
+    net2 = NativeRange(_Head(), 255.0).eval()
+    fast2 = optimize_for_inference(net2, dtype=torch.float32)
+    for m in fast2.modules():
+        if isinstance(m, FusedConv2d):
+            m.onednn = False
+    _check_equal(net2, fast2, torch.rand(1, 3, 9, 8))
+
+
+def test_input_in_any_dtype_and_layout_output_in_compute_dtype():
+    net = _Head().eval()
+    fast = optimize_for_inference(net, dtype=torch.bfloat16)
+    x = torch.rand(1, 3, 10, 12, dtype=torch.float64)
+    with torch.no_grad():
+        y = fast(x)
+        ref = net(x.float())
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    assert (y.float() - ref).abs().max() < 0.03
+
+
+def test_concurrent_calls_give_serial_results():
+    net = NativeRange(_CCA(), 1.0).eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 16, 9, 10))
+    inputs = [torch.rand(1, 16, 11 + i, 13) for i in range(6)]
+    with torch.no_grad():
+        serial = [fast(x) for x in inputs]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(3):
+                results[i] = fast(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(results[i], serial[i]) for i in range(len(inputs)))
+
+
+def test_run_batched_and_cpu_tile_size():
+    seen = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.shape[0])
+        return t * 2
+
+    windows = [torch.full((1, 3, 4, 4), float(i)) for i in range(5)]
+    out = run_batched(fn, windows, batch=2)
+    assert seen == [2, 2, 1]
+    assert [float(o[0, 0, 0, 0]) for o in out] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    with pytest.raises(ValueError):
+        run_batched(fn, windows, batch=0)
+    assert cpu_tile_size(None, torch.bfloat16) is None
+
+
+# ------------------------------------------------------------------------------------ zoo models
+def _landed() -> list[dict]:
+    return [r for r in records() if r.get("arch_config") is not None]
+
+
+def _zoo_params() -> list:
+    """Every landed record; the first of each family runs by default, the rest (and FDIWN, whose 8000-node
+    graph takes ~10 s to trace and rewrite) are marked slow."""
+    seen: set[str] = set()
+    params = []
+    for r in _landed():
+        fast = r["arch"] not in seen and r["arch"] != "fdiwn"
+        seen.add(r["arch"])
+        params.append(pytest.param(r, id=f"{r['model']}-x{r['scale']}", marks=[] if fast else [pytest.mark.slow]))
+    return params
+
+
+def _input_for(desc: ModelDescriptor, bench_dir: Path, h: int = 21, w: int = 26) -> torch.Tensor:
+    """A natural image (Set5 butterfly, shrunk) obeying the model's size rules.
+
+    Not noise: on uniform noise some networks (PAN, BSRN) blow features up to 1e4..1e10, where fp32
+    rounding differences between memory layouts alone exceed any fixed tolerance.
+    """
+    m = desc.traits.size_multiple
+    h = -(-max(h, desc.traits.min_size) // m) * m
+    w = -(-max(w, desc.traits.min_size) // m) * m
+    img = Image.open(bench_dir / "Set5" / "HR" / "butterfly.png").convert("RGB").resize((w, h), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def zoo_module(weights_dir: Path):
+    cache: dict[tuple[str, int], lightsr.Upscaler] = {}
+
+    def get(rec: dict) -> lightsr.Upscaler:
+        key = (rec["model"], rec["scale"])
+        if key not in cache:
+            path = weights_dir / rec["upstream"]["filename"]
+            if not path.is_file():
+                pytest.skip(f"{path} is not in the shared weights")
+            cache[key] = lightsr.load_model(rec["model"], rec["scale"], weights=path, device="cpu", precision="fp32")
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("rec", _zoo_params())
+def test_zoo_model_fp32_fast_path_matches_plain(zoo_module, bench_dir, monkeypatch, rec):
+    monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 64)  # exercise the chunked statistics on small inputs
+    up = zoo_module(rec)
+    fast = optimize_for_inference(up.module, up.descriptor, dtype=torch.float32)
+    assert fast.report["traced"], "the network no longer traces with torch.fx: it would lose every rewrite"
+    x = _input_for(up.descriptor, bench_dir)
+    _check_equal(up.module, fast, x)
+    # Tiled runs replay whole-image statistics by call order: the reductions must be the plain module's.
+    from lightsr._tiling import count_image_reductions
+
+    with torch.no_grad():
+        assert count_image_reductions(fast, x) == count_image_reductions(up.module, x)
+
+
+@pytest.mark.parametrize("name,scale", [("rfdn", 4), ("imdn", 2)])
+def test_zoo_model_bf16_fast_path_is_close_to_fp32(zoo_module, bench_dir, name, scale):
+    rec = next(r for r in _landed() if r["model"] == name and r["scale"] == scale)
+    up = zoo_module(rec)
+    fast = optimize_for_inference(up.module, up.descriptor, dtype=torch.bfloat16)
+    x = _input_for(up.descriptor, bench_dir, 40, 44)
+    with torch.no_grad():
+        ref = up.module(x)
+        out = fast(x)
+    assert out.dtype == torch.bfloat16
+    mse = float(((out.float() - ref) ** 2).mean())
+    # bf16 keeps 8 significant bits: ~45 dB against fp32 on 0..1 images is the expected order; 40 dB
+    # leaves room for accumulated rounding but fails on any real defect (a wrong fold is < 20 dB).
+    assert 10 * math.log10(1 / mse) > 40
+
+
+class _MulAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        att = torch.sigmoid(self.a(x.mean(dim=(2, 3), keepdim=True)))
+        return F.gelu(self.c(x)) * att + x  # attention-weighted residual
+
+
+def test_attention_weighted_residual_becomes_addcmul():
+    net = _MulAdd().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 4, 9, 10))
+    assert fast.report["mul_add"] == 1
+    assert "addcmul" in _graph_ops(fast) and "mul" not in _graph_ops(fast)
+    _check_equal(net, fast, torch.rand(2, 4, 12, 7))
+
+
+@pytest.mark.parametrize("net", [_CCA(), _MulAdd()], ids=["cca", "muladd"])
+def test_tile_statistics_capture_sees_the_plain_modules_reductions(monkeypatch, net):
+    """The engine's tiled runs gather and replay whole-map reductions through a TorchFunctionMode
+    (lightsr._tiling); under it the fast path must make the same reductions as the plain module."""
+    from lightsr._tiling import count_image_reductions
+
+    monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 16)
+    net = net.eval()
+    x = torch.rand(2, net.c5.in_channels if isinstance(net, _CCA) else 4, 9, 11)
+    fast = optimize_for_inference(net, dtype=torch.float32, example=x[:1])
+    with torch.no_grad():
+        assert count_image_reductions(fast, x) == count_image_reductions(net, x) > 0
