@@ -24,7 +24,7 @@ from lightsr._tiling import (
     padded_length,
     tiled_apply,
 )
-from lightsr._weights import load_into, load_weights_file
+from lightsr._weights import identify_checkpoint, load_into, load_weights_file
 from lightsr._zoo import ModelDescriptor, describe
 from lightsr.errors import CheckpointError, DeviceError, InputError
 
@@ -545,7 +545,7 @@ def _check_options(
 
 def load_model(
     name: str | None = None,
-    scale: int = 4,
+    scale: int | None = None,
     *,
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "auto",
@@ -556,8 +556,10 @@ def load_model(
     """Load a super-resolution model and return an :class:`Upscaler`.
 
     ``name`` is a model from ``lightsr models`` (e.g. ``"rfdn"``, ``"imdn"``, ``"fdiwn"``); ``scale`` the
-    upscaling factor. ``weights`` may be a converted ``.safetensors`` file or an upstream checkpoint
-    (converted in memory); without it the weights are found in the cache or downloaded.
+    upscaling factor (default 4). ``weights`` may be a converted ``.safetensors`` file or an upstream
+    checkpoint (converted in memory); without it the weights are found in the cache or downloaded.
+    With ``weights`` and no ``name``, the model (and the scale, unless given) is recognised from the file:
+    its lightsr header, its sha256, or its keys and shapes; an unsupported file raises ``CheckpointError``.
     ``device``: ``'auto'`` (CUDA, else MPS, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``, ``'mps'``.
     ``precision``: ``'auto'`` (fp16 on CUDA, bf16 on CPUs with native bf16 units, else fp32; never a
     precision the model is marked unsafe in), or ``'fp32'``, ``'fp16'``, ``'bf16'``.
@@ -570,8 +572,12 @@ def load_model(
         2
     """
     if name is None:
-        raise InputError("give a model name, e.g. load_model('rfdn', scale=4)")
-    desc = describe(name, scale, variant)
+        if weights is None:
+            raise InputError("give a model name, e.g. load_model('rfdn', scale=4), or a weights file to recognise")
+        # An unnamed checkpoint: recognise the model (and, unless given, the scale) from the file itself.
+        desc = identify_checkpoint(weights, scale)
+    else:
+        desc = describe(name, 4 if scale is None else scale, variant)
     dev = resolve_device(device)
     dtype = _model_dtype(precision, dev, desc)
     path = Path(weights) if weights is not None else _hub.resolve_weights(desc)

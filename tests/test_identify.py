@@ -65,3 +65,14 @@ def test_unsupported_checkpoints_rejected_clearly(tmp_path: Path, weights_dir: P
     torch.save(rfdn_wide, wide)
     with pytest.raises(lightsr.errors.CheckpointError, match="looks like rfdn"):
         identify_checkpoint(wide)
+
+
+def test_load_model_without_a_name(weights_dir: Path) -> None:
+    up = lightsr.load_model(weights=weights_dir / "RLFN_x2_S.pth", precision="fp32")
+    assert (up.name, up.scale) == ("rlfn-s", 2)
+    assert lightsr.load_model(weights=weights_dir / "CARN_x234_M.pth", scale=3, precision="fp32").scale == 3
+    assert lightsr.load_model("imdn", weights=weights_dir / "IMDN_x4.pth", precision="fp32").scale == 4
+    with pytest.raises(lightsr.errors.CheckpointError):
+        lightsr.load_model(weights=weights_dir / "IMDN_x4_AS.pth")
+    with pytest.raises(lightsr.errors.InputError, match="weights file"):
+        lightsr.load_model()
