@@ -561,8 +561,9 @@ def _to_uint8(t: torch.Tensor) -> np.ndarray:
     return t[0].double().clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy().astype(np.uint8)
 
 
-# Tiled vs whole-image mean Y-PSNR on Set14 (fp32): the issue's limit, 0.01 dB, for the default pad.
-TILE_SIZES = (64, 128)
+# Tiled vs whole-image mean Y-PSNR on Set14 (fp32): the issue's limit, 0.01 dB, at the default tile and at 64
+# (the sizes the issue names; benchmarks/quality.py also measures 128 for the docs table).
+TILE_SIZES = (64,)
 
 
 @pytest.mark.slow
