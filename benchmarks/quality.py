@@ -108,8 +108,10 @@ def _weights(shared: Path, name: str, scale: int) -> Path:
     return shared / "weights" / describe(name, scale).record["upstream"]["filename"]
 
 
-def run_tiling(shared: Path, pairs: list[tuple[str, int]], tiles: list[int], redo: bool) -> None:
-    path = RESULTS / "tiling.json"
+def run_tiling(
+    shared: Path, pairs: list[tuple[str, int]], tiles: list[int], redo: bool, results: Path
+) -> None:
+    path = results / "tiling.json"
     header = {
         "dataset": "Set14",
         "precision": "fp32",
@@ -149,8 +151,8 @@ def run_tiling(shared: Path, pairs: list[tuple[str, int]], tiles: list[int], red
         _save(path, data)
 
 
-def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool) -> None:
-    path = RESULTS / "precision.json"
+def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool, results: Path) -> None:
+    path = results / "precision.json"
     header = {
         "dataset": "Set5",
         "device": _device_line(),
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder")
     parser.add_argument("--redo", action="store_true", help="measure again pairs already in the results")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
     args = parser.parse_args(argv)
     if not (args.tiling or args.precision):
         parser.error("choose --tiling and/or --precision")
@@ -213,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     pairs = _pairs(args.models)
     if args.precision:
-        run_precision(args.shared, pairs, args.redo)
+        run_precision(args.shared, pairs, args.redo, args.results)
     if args.tiling:
-        run_tiling(args.shared, pairs, args.tiles, args.redo)
+        run_tiling(args.shared, pairs, args.tiles, args.redo, args.results)
     return 0
 
 

@@ -22,7 +22,7 @@ images and reports each child's peak resident memory (``ru_maxrss``).
 Usage (from the repository root)::
 
     python benchmarks/speed.py                    # everything (see --help for the parts)
-    python benchmarks/speed.py --quick            # one scale per model, fewer rounds, 1500px memory only
+    python benchmarks/speed.py --quick            # one scale per model, 1500px memory run only
     python benchmarks/speed.py --models rfdn imdn:4 --no-memory
 """
 
@@ -157,7 +157,7 @@ def count_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, int]:
 _PEAK_CACHE: dict[tuple[int, torch.dtype, str], float] = {}
 
 
-def conv_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int = 5) -> float:
+def conv_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int = 10) -> float:
     """This machine's best FLOP/s on a width->width 3x3 conv, channels-last, in ``dtype``.
 
     Best over a few spatial sizes (cache-resident to full-frame) and the fastest of ``rounds`` calls:
@@ -409,13 +409,14 @@ def fmt_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", metavar="NAME[:SCALE]", help="models to run (default: every landed one)")
-    ap.add_argument("--quick", action="store_true", help="one scale per model, 2 rounds, 1500px memory run only")
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 3, quick 2)")
+    ap.add_argument("--quick", action="store_true", help="one scale per model, no ablation or tiling check, 1500px memory run only")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder (weights, Set5)")
     ap.add_argument("--no-psnr", action="store_true", help="skip the Set5 PSNR check")
-    ap.add_argument("--no-upscaler", action="store_true", help="skip the Upscaler.upscale columns")
+    ap.add_argument("--upscaler", action="store_true",
+                    help="also time Upscaler.upscale as the engine runs it (fp32 and auto): two more variants")
     ap.add_argument("--no-memory", action="store_true", help="skip the CLI peak-memory runs")
     ap.add_argument("--memory-sizes", type=int, nargs="*", default=None, help="image sides for the memory runs")
     ap.add_argument("--memory-format", default="tiff", help="output format of the memory runs (tiff: no PNG encoder time)")
@@ -431,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or 2
     started = time.perf_counter()
     cases = landed_cases(args.shared, args.models, args.quick)
     if not cases:
@@ -443,17 +444,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round); ratios are medians of per-round ratios\n")
 
     print("## Throughput (output megapixels per second; x = speed-up over plain)\n", flush=True)
-    rows = []
-    for case in cases:
-        t0 = time.perf_counter()
-        rows.append(bench_case(case, device, rounds, args.shared, not args.no_psnr, not args.no_upscaler))
-        print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     header = ["model", "LR in", "GMAC", "plain MP/s", "fast fp32", "max abs d", "auto", "fast auto", "dPSNR Set5"]
-    if not args.no_upscaler:
+    if args.upscaler:
         header += ["up fp32", "up auto"]
     header += ["% peak plain / fp32 / auto"]
-    table = []
-    for r in rows:
+    print(fmt_table(header, []), flush=True)
+    rows = []
+    for case in cases:  # each row is printed as soon as it is measured: a cut-off run still reports
+        t0 = time.perf_counter()
+        r = bench_case(case, device, rounds, args.shared, not args.no_psnr, args.upscaler)
+        rows.append(r)
         med = {k: statistics.median(v) for k, v in r.times.items()}
         cells = [
             r.label, f"{r.lr[0]}x{r.lr[1]}", f"{r.gmac:.1f}", f"{r.out_mp / med['plain']:.2f}",
@@ -461,11 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r.out_mp / med['fast auto']:.2f} ({r.speedup['fast auto']:.2f}x)",
             "-" if r.dpsnr is None else f"{r.dpsnr:+.3f}",
         ]
-        if not args.no_upscaler:
+        if args.upscaler:
             cells += [f"{r.speedup['up fp32']:.2f}x", f"{r.speedup['up auto']:.2f}x"]
         cells.append(" / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")))
-        table.append(cells)
-    print(fmt_table(header, table))
+        print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
+        print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
     if json_path is not None and str(json_path) != "-":
         write_json(json_path, rows, machine_info(device), rounds)

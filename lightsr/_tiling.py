@@ -43,6 +43,7 @@ __all__ = [
     "pad_to_size",
     "padded_length",
     "plan_axis",
+    "resize_sources",
     "tiled_apply",
 ]
 
@@ -105,7 +106,14 @@ class Span:
 
 
 def plan_axis(
-    length: int, tile: int | None, pad: int, *, multiple: int = 1, min_size: int = 1, blend: int = 0
+    length: int,
+    tile: int | None,
+    pad: int,
+    *,
+    multiple: int = 1,
+    min_size: int = 1,
+    blend: int = 0,
+    align: int = 1,
 ) -> list[Span]:
     """Cut an axis of ``length`` LR pixels (already padded to ``multiple``/``min_size``) into spans.
 
@@ -113,7 +121,9 @@ def plan_axis(
     ``pad`` the context on each side of a core; ``blend`` the half-width of the cross-fade (capped
     by ``pad`` so every faded pixel still has ``pad - blend`` pixels of context, and by half the
     shortest core so that no pixel is faded between more than two tiles).
-    All windows have the same length, a multiple of ``multiple``, at least ``min_size``.
+    All windows have the same length, a multiple of ``multiple``, at least ``min_size``. With
+    ``align > 1`` every window starts on a multiple of ``align`` (and of ``multiple``) instead, and
+    a window that would run past the end stops there, so the last windows may be shorter.
 
     Example:
         >>> [(s.core0, s.core1, s.in0, s.in1) for s in plan_axis(100, 40, 8)]
@@ -131,15 +141,21 @@ def plan_axis(
     n = len(bounds) - 1
     shortest = min(b - a for a, b in itertools.pairwise(bounds))
     longest = max(b - a for a, b in itertools.pairwise(bounds))
-    # (multiple - 1) extra so that aligning a window's start down never costs context on the right.
+    step = math.lcm(multiple, align)
+    # (step - 1) extra so that aligning a window's start down never costs context on the right.
     window = min(
-        length, max(_align_up(longest + 2 * pad + multiple - 1, multiple), _align_up(min_size, multiple))
+        length, max(_align_up(longest + 2 * pad + step - 1, multiple), _align_up(min_size, multiple))
     )
     fade = max(0, min(blend, pad, shortest // 2))
     spans = []
     for i, (c0, c1) in enumerate(itertools.pairwise(bounds)):
-        start = min(max(c0 - pad, 0) // multiple * multiple, length - window)
-        spans.append(Span(c0, c1, start, start + window, fade if i > 0 else 0, fade if i < n - 1 else 0))
+        if align > 1:
+            start = min(max(c0 - pad, 0) // step * step, (length - min_size) // step * step)
+            end = min(start + window, length)
+        else:
+            start = min(max(c0 - pad, 0) // multiple * multiple, length - window)
+            end = start + window
+        spans.append(Span(c0, c1, start, end, fade if i > 0 else 0, fade if i < n - 1 else 0))
     return spans
 
 
@@ -205,17 +221,42 @@ class TileRegion:
     y1: int
     x0: int
     x1: int
+    # Where the window lies in the image (its top-left corner, LR pixels) and the size of the image a
+    # whole-image run would see (0: unknown). Used to replay size-dependent resizes (ESA).
+    top: int = 0
+    left: int = 0
+    height: int = 0
+    width: int = 0
 
 
-def _region(t: _Tile) -> TileRegion:
+def _region(t: _Tile, height: int, width: int) -> TileRegion:
     return TileRegion(
-        t.index, t.ys.core0 - t.ys.in0, t.ys.core1 - t.ys.in0, t.xs.core0 - t.xs.in0, t.xs.core1 - t.xs.in0
+        t.index,
+        t.ys.core0 - t.ys.in0,
+        t.ys.core1 - t.ys.in0,
+        t.xs.core0 - t.xs.in0,
+        t.xs.core1 - t.xs.in0,
+        t.ys.in0,
+        t.xs.in0,
+        height,
+        width,
     )
 
 
 def _batches(items: Sequence[_Tile], size: int) -> Iterator[Sequence[_Tile]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+    """Consecutive runs of at most ``size`` tiles whose windows have one shape (so they stack)."""
+    group: list[_Tile] = []
+    for t in items:
+        shape = (t.ys.in1 - t.ys.in0, t.xs.in1 - t.xs.in0)
+        if group and (
+            len(group) >= size
+            or shape != (group[0].ys.in1 - group[0].ys.in0, group[0].xs.in1 - group[0].xs.in0)
+        ):
+            yield group
+            group = []
+        group.append(t)
+    if group:
+        yield group
 
 
 def tiled_apply(
@@ -232,6 +273,7 @@ def tiled_apply(
     out_dtype: torch.dtype = torch.float32,
     with_regions: bool = False,
     assemble: bool = True,
+    align: int = 1,
 ) -> torch.Tensor | None:
     """Apply ``fn`` to ``x`` tile by tile and return the merged ``N x C' x (H*scale) x (W*scale)`` result.
 
@@ -245,7 +287,9 @@ def tiled_apply(
     ``x.device`` in ``out_dtype``. With ``with_regions=True``, ``fn`` is called as
     ``fn(windows, regions)`` with one :class:`TileRegion` per window (a whole-image run gets regions
     covering everything); ``assemble=False`` only runs ``fn`` over the tiles and returns None
-    (for passes that gather statistics).
+    (for passes that gather statistics). ``align``: when the image is split, window starts are
+    multiples of it (the image is padded for that), so the network's coarse branches of that stride
+    see the same grid in every tile as in the whole image.
 
     Example:
         >>> up = lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2)
@@ -266,7 +310,7 @@ def tiled_apply(
     xs = plan_axis(wp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend)
     if len(ys) == 1 and len(xs) == 1:
         if with_regions:
-            y = fn(xp, [TileRegion(i, 0, hp, 0, wp) for i in range(n_img)])
+            y = fn(xp, [TileRegion(i, 0, hp, 0, wp, 0, 0, hp, wp) for i in range(n_img)])
         else:
             y = fn(xp)
         if not assemble:
@@ -274,6 +318,13 @@ def tiled_apply(
         y = _checked(y, xp, scale)
         return y[..., : h * scale, : w * scale].to(device=x.device, dtype=out_dtype)
 
+    if align > 1:
+        ys = plan_axis(
+            hp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend, align=align
+        )
+        xs = plan_axis(
+            wp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend, align=align
+        )
     # Raster order (rows of tiles, then columns) is what _lerp_weight assumes.
     tiles = [_Tile(i, sy, sx) for i in range(n_img) for sy in ys for sx in xs]
     faded = any(sp.fade0 or sp.fade1 for sp in (*ys, *xs))
@@ -283,7 +334,7 @@ def tiled_apply(
         windows = torch.cat(
             [xp[t.index : t.index + 1, :, t.ys.in0 : t.ys.in1, t.xs.in0 : t.xs.in1] for t in group]
         )
-        y = fn(windows, [_region(t) for t in group]) if with_regions else fn(windows)
+        y = fn(windows, [_region(t, hp, wp) for t in group]) if with_regions else fn(windows)
         if not assemble:
             continue
         y = _checked(y, windows, s).to(device=x.device, dtype=out_dtype)
@@ -357,7 +408,8 @@ def auto_tile_size(
 # gathers their inputs over every tile's core (the cores partition the image, so each pixel counts
 # once) and replays them with whole-image values. Because a later reduction depends on earlier
 # ones, the gathering runs as a short fixed-point iteration (``gather passes``); two passes bring
-# tiled output to within a grey level of whole-image output (docs/tiling-and-precision.md).
+# tiled output to within a few grey levels of whole-image output, from up to ~60 without them
+# (IMDN x3 on Set14's barbara, tile 64: max difference 58 -> 1 grey level; docs/tiling-and-precision.md).
 
 
 def _spatial(dim: Any) -> bool:
@@ -418,10 +470,14 @@ class TileStatistics:
     place of the tile-local ones. One instance serves one upscale call (no sharing between threads).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resize_sources: Sequence[tuple[int, int]] | None = None, align: int = 1) -> None:
         # reduction index -> image index -> [sum x, sum x^2, count], sums float64 of shape (rows, C).
         self._sums: dict[int, dict[int, list[Any]]] = {}
         self._frozen: dict[int, dict[int, list[Any]]] = {}
+        # Size-dependent resizes: the input size of each bilinear resize (in call order) in a
+        # whole-image run, and the stride of the coarse grid they resize (see _GlobalResize).
+        self.resize_sources = list(resize_sources) if resize_sources is not None else None
+        self.align = align
 
     def capture(self, regions: Sequence[TileRegion], window: tuple[int, int], *, gather: bool) -> _Capture:
         """A context in which the network's reductions are gathered (``gather``) and/or replayed."""
@@ -454,12 +510,18 @@ class _Capture(TorchFunctionMode):
         super().__init__()
         self.stats, self.regions, self.window, self.gather = stats, regions, window, gather
         self.index = 0
+        self.resize_index = 0
         self.records: list[tuple[int, torch.Tensor, torch.Tensor, list[int]]] = []
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if func is F.interpolate and self.stats.resize_sources is not None:
+            idx = self.resize_index
+            self.resize_index += 1
+            out = self._global_resize(idx, args, kwargs)
+            return func(*args, **kwargs) if out is None else out
         found = _reduction_kind(func, args, kwargs)
         if found is None or args[0].shape[0] % len(self.regions):
             return func(*args, **kwargs)
@@ -479,6 +541,56 @@ class _Capture(TorchFunctionMode):
         n = torch.tensor([frozen[r.image][2] for r in self.regions], dtype=torch.float64)[:, None, None]
         return _replay(found, x, s1.flatten(0, 1), s2.flatten(0, 1), n.expand_as(s1).flatten(0, 1))
 
+    def _global_resize(self, idx: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """A bilinear resize of a coarse map back to the window, done with the whole image's geometry.
+
+        ESA pools a feature map on a stride-6 grid and resizes it back with ``align_corners=False``.
+        The resize's scale (coarse size / image size) depends on the image size, so on a tile it maps
+        each pixel to a coarse position up to ~1.5 cells (9 px) away from where the whole-image run
+        maps it: 0.03 dB on Set14 (RLFN x2, 64-pixel tiles). Windows start on the coarse grid
+        (``align``), so the tile's coarse cell ``j`` is the image's cell ``j + top / align``; here
+        each pixel is interpolated at exactly the whole-image position. Returns None (plain resize)
+        for anything else.
+        """
+        names = ("size", "scale_factor", "mode", "align_corners")
+        params = dict(zip(names, args[1:], strict=False))
+        params.update({k: v for k, v in kwargs.items() if k in names})
+        x = args[0]
+        sources = self.stats.resize_sources or []
+        align = self.stats.align
+        if (
+            not isinstance(x, torch.Tensor)
+            or x.ndim != 4
+            or params.get("mode", "nearest") != "bilinear"
+            or params.get("align_corners")
+            or params.get("scale_factor") is not None
+            or idx >= len(sources)
+            or x.shape[0] % len(self.regions)
+        ):
+            return None
+        size = params.get("size")
+        if size is None or tuple(int(v) for v in size) != tuple(self.window):
+            return None
+        if any(r.height <= 0 or r.top % align or r.left % align for r in self.regions):
+            return None
+        src_h, src_w = sources[idx]
+        rows = x.shape[0] // len(self.regions)
+        out = []
+        for b, r in enumerate(self.regions):
+            part = x[b * rows : (b + 1) * rows]
+            i0, i1, wy = _resize_index(self.window[0], r.top, r.height, src_h, r.top // align, part.shape[-2])
+            j0, j1, wx = _resize_index(
+                self.window[1], r.left, r.width, src_w, r.left // align, part.shape[-1]
+            )
+            work = torch.promote_types(part.dtype, torch.float32)
+            wy = wy.to(device=part.device, dtype=work)[:, None]
+            wx = wx.to(device=part.device, dtype=work)
+            p = part.to(work)
+            p = p.index_select(-2, i0.to(part.device)).lerp(p.index_select(-2, i1.to(part.device)), wy)
+            p = p.index_select(-1, j0.to(part.device)).lerp(p.index_select(-1, j1.to(part.device)), wx)
+            out.append(p.to(part.dtype))
+        return torch.cat(out).contiguous(memory_format=_memory_format(x))
+
     def _gather(self, idx: int, x: torch.Tensor) -> None:
         hw, ww = self.window
         hf, wf = x.shape[-2:]
@@ -497,6 +609,38 @@ class _Capture(TorchFunctionMode):
             s2.append(core.square().sum(dim=(2, 3)).cpu())
             counts.append(core.shape[-2] * core.shape[-1])
         self.records.append((idx, torch.stack(s1), torch.stack(s2), counts))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+
+
+def _resize_index(
+    length: int, offset: int, full: int, full_src: int, src_offset: int, src_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source rows and weights for output rows ``offset : offset + length`` of a bilinear resize
+    (``align_corners=False``) from ``full_src`` to ``full`` rows, as indices into a crop of the
+    source that starts at row ``src_offset`` and has ``src_length`` rows (clamped to the crop).
+
+    Example:
+        >>> i0, i1, w = _resize_index(4, 0, 4, 2, 0, 2)
+        >>> i0.tolist(), i1.tolist(), w.tolist()
+        ([0, 0, 0, 1], [1, 1, 1, 1], [0.0, 0.25, 0.75, 0.25])
+    """
+    dst = torch.arange(offset, offset + length, dtype=torch.float64)
+    # PyTorch's source index for align_corners=False: scale * (dst + 0.5) - 0.5, clamped at 0.
+    src = ((dst + 0.5) * (full_src / full) - 0.5).clamp_(min=0)
+    lo = src.floor()
+    weight = src - lo
+    i0 = lo.long()
+    i1 = (i0 + 1).clamp_(max=full_src - 1)
+    return (
+        (i0 - src_offset).clamp_(0, src_length - 1),
+        (i1 - src_offset).clamp_(0, src_length - 1),
+        weight,
+    )
 
 
 def _replay(
@@ -537,6 +681,34 @@ def _replay(
     if extra["bias"] is not None:
         y = y + extra["bias"].to(work)[None, :, None, None]
     return y.to(x.dtype)
+
+
+def resize_sources(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> list[tuple[int, int]]:
+    """The input size of every resize (``F.interpolate``) one call ``fn(x)`` makes, in call order.
+
+    Run it on a ``meta`` tensor (with the network's weights on ``meta`` too) to learn the geometry
+    of a whole-image run without computing it. Example:
+        >>> f = lambda t: F.interpolate(F.max_pool2d(t, 3), size=t.shape[-2:], mode="bilinear")
+        >>> resize_sources(f, torch.empty(1, 3, 30, 20, device="meta"))
+        [(10, 6)]
+    """
+    mode = _ResizeRecorder()
+    with mode:
+        fn(x)
+    return mode.sizes
+
+
+class _ResizeRecorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        if func is F.interpolate and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:
+            self.sizes.append((int(args[0].shape[-2]), int(args[0].shape[-1])))
+        return func(*args, **(kwargs or {}))
 
 
 def count_image_reductions(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:

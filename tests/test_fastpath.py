@@ -163,6 +163,7 @@ class _CCA(nn.Module):
 @pytest.mark.parametrize("chunk", [4096, 7], ids=["whole", "chunked"])
 def test_contrast_attention_and_global_pool_use_the_one_pass_statistics(monkeypatch, chunk):
     monkeypatch.setattr(_fastpath, "_STAT_CHUNK", chunk)
+    monkeypatch.setattr(_fastpath, "_chunked_stats_pay", lambda: True)
     net = _CCA().eval()
     fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 16, 9, 10))
     assert fast.report["spatial_stats"] == 2  # mean+variance in one, and the pool
@@ -174,9 +175,26 @@ def test_contrast_attention_and_global_pool_use_the_one_pass_statistics(monkeypa
     _check_equal(net, fast, torch.rand(3, 16, 9, 13))  # a batch: per-image statistics and scales
 
 
+def test_statistics_keep_the_plain_ops_with_several_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert _fastpath._chunked_stats_pay()
+        torch.set_num_threads(2)
+        assert not _fastpath._chunked_stats_pay()
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setattr(_fastpath, "_chunked_stats_pay", lambda: False)
+    x = torch.rand(1, 8, 40, 40).contiguous(memory_format=torch.channels_last)
+    mean, var = _fastpath._spatial_mean_var(x)
+    ref = x.mean(dim=(2, 3), keepdim=True)  # exactly the plain module's ops
+    assert torch.equal(mean, ref) and torch.equal(var, (x - ref).pow(2).mean(dim=(2, 3), keepdim=True))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_spatial_mean_var_matches_fp64(monkeypatch, dtype):
     monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 100)
+    monkeypatch.setattr(_fastpath, "_chunked_stats_pay", lambda: True)
     x = (torch.randn(2, 5, 23, 31, dtype=torch.float64) * 0.5 + 4).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last)  # the chunked path (23 * 31 > 100)
     mean, var = _fastpath._spatial_mean_var(x)
@@ -360,6 +378,7 @@ def zoo_module(weights_dir: Path):
 @pytest.mark.parametrize("rec", _zoo_params())
 def test_zoo_model_fp32_fast_path_matches_plain(zoo_module, bench_dir, monkeypatch, rec):
     monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 64)  # exercise the chunked statistics on small inputs
+    monkeypatch.setattr(_fastpath, "_chunked_stats_pay", lambda: True)
     up = zoo_module(rec)
     fast = optimize_for_inference(up.module, up.descriptor, dtype=torch.float32)
     assert fast.report["traced"], "the network no longer traces with torch.fx: it would lose every rewrite"
@@ -414,6 +433,7 @@ def test_tile_statistics_capture_sees_the_plain_modules_reductions(monkeypatch, 
     from lightsr._tiling import count_image_reductions
 
     monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 16)
+    monkeypatch.setattr(_fastpath, "_chunked_stats_pay", lambda: True)
     net = net.eval()
     x = torch.rand(2, net.c5.in_channels if isinstance(net, _CCA) else 4, 9, 11)
     fast = optimize_for_inference(net, dtype=torch.float32, example=x[:1])

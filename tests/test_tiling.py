@@ -318,3 +318,72 @@ def test_statistics_are_kept_per_image_and_only_for_committed_samples():
     with stats.capture([TileRegion(0, 0, 4, 0, 4)], (4, 4), gather=False):  # image 0: nothing frozen
         got = torch.zeros(1, 3, 4, 4, dtype=torch.float64).mean(dim=(2, 3))
     assert torch.equal(got, torch.zeros(1, 3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ size-dependent resizes (ESA)
+@pytest.mark.parametrize(
+    "length,tile,pad,multiple", [(250, 64, 24, 1), (361, 64, 24, 1), (120, 32, 10, 4), (97, 40, 6, 1)]
+)
+def test_plan_axis_aligned_windows(length, tile, pad, multiple):
+    spans = plan_axis(length, tile, pad, multiple=multiple, min_size=15, blend=pad // 2, align=6)
+    assert spans[0].core0 == 0 and spans[-1].core1 == length
+    assert all(a.core1 == b.core0 for a, b in itertools.pairwise(spans))
+    for s in spans:
+        # On the coarse grid and on the model's multiple, inside the image, with full context.
+        assert s.in0 % 6 == 0 and s.in0 % multiple == 0 and (s.in1 - s.in0) % multiple == 0
+        assert 0 <= s.in0 and s.in1 <= length and s.in1 - s.in0 >= 15
+        assert s.in0 <= max(0, s.core0 - pad) and s.in1 >= min(length, s.core1 + pad)
+
+
+def _esa_like(t: torch.Tensor) -> torch.Tensor:
+    """A toy network with ESA's size-dependent geometry: pool on a stride-6 grid, resize back bilinearly
+    (align_corners=False, to the input size), gate the input with it; then nearest x2 upscaling."""
+    coarse = F.avg_pool2d(t, 6)
+    gate = torch.sigmoid(4 * F.interpolate(coarse, size=t.shape[-2:], mode="bilinear", align_corners=False))
+    y = t * gate
+    return y.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+
+def test_resize_sources_reports_each_resize_input_size():
+    from lightsr._tiling import resize_sources
+
+    assert resize_sources(_esa_like, torch.empty(1, 3, 100, 70, device="meta")) == [(16, 11)]
+    assert resize_sources(_local_net(2), torch.empty(1, 3, 10, 10, dtype=torch.float64)) == []
+
+
+def test_resize_index_matches_torch_interpolate():
+    from lightsr._tiling import _resize_index
+
+    src = torch.rand(1, 1, 7, 1, dtype=torch.float64)
+    full = F.interpolate(src, size=(45, 1), mode="bilinear", align_corners=False)[0, 0, :, 0]
+    i0, i1, w = _resize_index(20, 18, 45, 7, 2, 5)  # rows 18..37 from a crop of source rows 2..6
+    crop = src[0, 0, 2:7, 0]
+    assert torch.allclose(crop[i0].lerp(crop[i1], w), full[18:38], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("size,batch", [((100, 70), 1), ((61, 97), 3)])
+def test_whole_image_resize_geometry_makes_tiles_equal_the_whole_image(size, batch):
+    from lightsr._tiling import TileStatistics, resize_sources
+
+    x = torch.rand(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    whole = _esa_like(x)
+    kw = {
+        "scale": 2,
+        "tile_size": 24,
+        "tile_pad": 12,
+        "blend": 0,
+        "batch_tiles": batch,
+        "out_dtype": torch.float64,
+    }
+    plain = tiled_apply(_esa_like, x, **kw)
+    stats = TileStatistics(resize_sources=resize_sources(_esa_like, x[:1]), align=6)
+
+    def call(windows, regions):
+        with stats.capture(regions, tuple(windows.shape[-2:]), gather=False):
+            return _esa_like(windows)
+
+    fixed = tiled_apply(call, x, with_regions=True, align=6, **kw)
+    # Each tile resizing its own coarse map misplaces the gate by up to ~1 cell ...
+    assert (plain - whole).abs().max() > 1e-2
+    # ... while replaying the whole image's resize geometry gives the whole-image result.
+    assert torch.allclose(fixed, whole, atol=1e-12, rtol=0)

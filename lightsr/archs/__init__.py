@@ -21,7 +21,7 @@ from types import ModuleType
 
 from lightsr.archs._common import ArchTraits, NativeRange
 
-__all__ = ["ArchTraits", "NativeRange", "FAMILIES", "get_family"]
+__all__ = ["FAMILIES", "ArchTraits", "NativeRange", "get_family"]
 
 # family name -> module; imported lazily so importing lightsr does not import every network.
 FAMILIES: dict[str, str] = {

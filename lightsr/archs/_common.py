@@ -15,12 +15,16 @@ class ArchTraits:
     min_size: the smallest input height/width (in LR pixels) the network accepts.
     size_multiple: input height and width must be multiples of this.
     fp16_safe / bf16_safe: whether reduced precision keeps quality (checked by the precision tests).
+    tile_align: the stride of the network's coarse (downsampled) branches, e.g. 6 for ESA's stride-2
+        conv then stride-3 max-pool. Tile windows start on multiples of it, so every tile sees the
+        same coarse grid as the whole image (1: the network has no such branch).
     """
 
     min_size: int = 1
     size_multiple: int = 1
     fp16_safe: bool = True
     bf16_safe: bool = True
+    tile_align: int = 1
 
 
 class NativeRange(nn.Module):

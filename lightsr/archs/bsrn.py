@@ -38,6 +38,8 @@ __all__ = ["BSRN", "build", "convert_state_dict", "match_state_dict", "traits"]
 
 # ESA: conv2 (3x3, stride 2, no padding) gives (n - 3) // 2 + 1 >= 7 for the 7x7 max-pool -> n >= 15.
 MIN_SIZE = 15
+# ESA's coarse grid: stride 2 (conv) x stride 3 (pool).
+ESA_STRIDE = 6
 
 _DEFAULTS: dict[str, Any] = {"scale": 4, "num_feat": 64, "num_blocks": 8, "in_channels": 3, "out_channels": 3}
 
@@ -224,7 +226,11 @@ def traits(config: dict[str, Any]) -> ArchTraits:
     # Set5 bf16 Y-PSNR vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.083,
     # x3 -0.039, x4 -0.012.
     return ArchTraits(
-        min_size=MIN_SIZE, size_multiple=1, fp16_safe=c["scale"] != 2, bf16_safe=c["scale"] == 4
+        min_size=MIN_SIZE,
+        size_multiple=1,
+        fp16_safe=c["scale"] != 2,
+        bf16_safe=c["scale"] == 4,
+        tile_align=ESA_STRIDE,
     )
 
 

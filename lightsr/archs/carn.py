@@ -32,7 +32,7 @@ from torch import nn
 from lightsr.archs._common import ArchTraits
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
-__all__ = ["CARNM", "build", "traits", "convert_state_dict", "match_state_dict", "SCALES"]
+__all__ = ["CARNM", "SCALES", "build", "convert_state_dict", "match_state_dict", "traits"]
 
 SCALES = (2, 3, 4)
 # DIV2K RGB mean in 0..1, what upstream's MeanShift layers hold (also stored in the checkpoint).
@@ -209,7 +209,7 @@ def convert_state_dict(
             "load it with a scale it was trained for"
         )
     out = {k: v for k, v in state_dict.items() if not k.startswith("upsample.")}
-    out.update({f"upsample.{k[len(prefix):]}": v for k, v in state_dict.items() if k.startswith(prefix)})
+    out.update({f"upsample.{k[len(prefix) :]}": v for k, v in state_dict.items() if k.startswith(prefix)})
     return out
 
 

@@ -34,18 +34,18 @@ from torch import nn
 from lightsr.archs._common import ArchTraits
 
 __all__ = [
-    "VARIANTS",
     "CCA",
-    "IMDModule",
-    "IMDModuleLarge",
-    "SimplifiedIMDModule",
     "IMDN",
     "IMDNRTE",
+    "VARIANTS",
+    "IMDModule",
+    "IMDModuleLarge",
     "IMDNSequential",
+    "SimplifiedIMDModule",
     "build",
-    "traits",
     "convert_state_dict",
     "match_state_dict",
+    "traits",
 ]
 
 VARIANTS = ("imdn", "rtc", "rte", "ntire22")

@@ -28,7 +28,7 @@ from torch import nn
 from lightsr.archs._common import ArchTraits
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
-__all__ = ["PAN", "SCPA", "build", "traits", "convert_state_dict", "match_state_dict", "SCALES"]
+__all__ = ["PAN", "SCALES", "SCPA", "build", "convert_state_dict", "match_state_dict", "traits"]
 
 SCALES = (2, 3, 4)
 _SLOPE = 0.2  # LeakyReLU slope used throughout PAN

@@ -26,11 +26,13 @@ from torch import nn
 
 from lightsr.archs._common import ArchTraits
 
-__all__ = ["RFDN", "RFDB", "ESA", "build", "traits", "convert_state_dict", "match_state_dict"]
+__all__ = ["ESA", "RFDB", "RFDN", "build", "convert_state_dict", "match_state_dict", "traits"]
 
 _SLOPE = 0.05
 # ESA's stride-2 unpadded 3x3 conv then 7x7/stride-3 max-pool need at least 15 px per side (15 -> 7 -> 1).
 _MIN_SIZE = 15
+# ESA's coarse grid: stride 2 (conv) x stride 3 (pool).
+_ESA_STRIDE = 6
 
 
 def _act(t: torch.Tensor) -> torch.Tensor:
@@ -127,8 +129,7 @@ def _config(config: dict[str, Any]) -> tuple[int, int, int]:
         ) from exc
     if n < 4 or n % 2 or nb < 1 or s < 1:
         raise ValueError(
-            "rfdn arch_config out of range (even num_feat >= 4, num_blocks >= 1, upscale >= 1): "
-            f"{config!r}"
+            f"rfdn arch_config out of range (even num_feat >= 4, num_blocks >= 1, upscale >= 1): {config!r}"
         )
     return n, nb, s
 
@@ -141,7 +142,7 @@ def build(config: dict[str, Any]) -> nn.Module:
 
 def traits(config: dict[str, Any]) -> ArchTraits:
     """ESA needs 15 px per side; fp16/bf16 safety is left to the precision tests' defaults."""
-    return ArchTraits(min_size=_MIN_SIZE, size_multiple=1)
+    return ArchTraits(min_size=_MIN_SIZE, size_multiple=1, tile_align=_ESA_STRIDE)
 
 
 def convert_state_dict(

@@ -37,11 +37,13 @@ from torch import nn
 from lightsr.archs._common import ArchTraits
 from lightsr.errors import CheckpointError
 
-__all__ = ["RLFN", "RLFB", "ESA", "build", "traits", "convert_state_dict", "match_state_dict"]
+__all__ = ["ESA", "RLFB", "RLFN", "build", "convert_state_dict", "match_state_dict", "traits"]
 
 # ESA's unpadded stride-2 3x3 conv followed by a 7x7/3 max-pool needs at least 15 input pixels per side:
 # (15 - 3) // 2 + 1 = 7 = the pool window.
 MIN_SIZE = 15
+# ESA's coarse grid: stride 2 (conv) x stride 3 (pool).
+ESA_STRIDE = 6
 
 
 class ESA(nn.Module):
@@ -175,7 +177,13 @@ def traits(config: dict[str, Any]) -> ArchTraits:
     # 0..255 inputs), 16x below fp16's 65,504; Y-PSNR vs fp32: fp16 -0.009 dB at worst, bf16 -0.020 dB.
     # Set5 bf16 Y-PSNR vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.016 (rlfn),
     # -0.022 (rlfn-s), at or past the limit; x4 within 0.015.
-    return ArchTraits(min_size=MIN_SIZE, size_multiple=1, fp16_safe=True, bf16_safe=config.get("scale") != 2)
+    return ArchTraits(
+        min_size=MIN_SIZE,
+        size_multiple=1,
+        fp16_safe=True,
+        bf16_safe=config.get("scale") != 2,
+        tile_align=ESA_STRIDE,
+    )
 
 
 def convert_state_dict(
