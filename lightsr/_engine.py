@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from lightsr._tiling import (
     count_image_reductions,
     padded_length,
     resize_sources,
+    tile_count,
     tiled_apply,
 )
 from lightsr._weights import identify_checkpoint, load_into, load_weights_file
@@ -218,6 +220,21 @@ class _Plan:
     batch: int  # images per call when whole, tiles per call when tiled
 
 
+class _Progress:
+    """Counts progress units (tiles or images, every pass) of one upscale call for a callback."""
+
+    def __init__(self, callback: Callable[[int, int], None], total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def advance(self, units: int) -> None:
+        self.done = min(self.total, self.done + units)
+        self.callback(self.done, self.total)
+
+    def restart(self, done: int, extra_total: int = 0) -> None:
+        """After an out-of-memory retry: back to ``done``, with the retry's change in the total."""
+        self.done, self.total = done, self.total + extra_total
+
+
 class Upscaler:
     """A loaded super-resolution model, ready to upscale; safe to share between threads.
 
@@ -299,6 +316,7 @@ class Upscaler:
         tile_pad: int | None = None,
         batch_size: int | None = None,
         max_pixels: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Upscale ``image`` by :attr:`scale`; the result is the same kind of object as the input.
 
@@ -317,7 +335,9 @@ class Upscaler:
         at once (default: what fits the budget). ``max_pixels`` refuses inputs with more than that many
         pixels (:class:`~lightsr.errors.ImageTooLargeError`), e.g. in a web server.
         On out-of-memory the batch is split and then the tile halved and the run retried, down to 16
-        LR pixels, before a :class:`~lightsr.errors.DeviceError`.
+        LR pixels, before a :class:`~lightsr.errors.DeviceError`. ``progress``, if given, is called
+        as ``progress(done, total)`` after every network call, counting tiles (or whole images) over
+        every pass of the run, e.g. to drive a progress bar over the tiles of one large image.
 
         Example:
             >>> import torch, lightsr
@@ -334,7 +354,9 @@ class Upscaler:
         # Everything is checked and converted before any network runs, so a bad last item costs nothing.
         prepared = [_image.prepare(obj, max_pixels=max_pixels) for obj in inputs]
         flat = [p for items in prepared for p in items]
-        outputs = self._upscale_prepared(flat, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size)
+        outputs = self._upscale_prepared(
+            flat, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size, progress=progress
+        )
         results, k = [], 0
         for items in prepared:
             results.append(_image.collate(outputs[k : k + len(items)]))
@@ -348,15 +370,26 @@ class Upscaler:
         tile_size: int | str | None,
         tile_pad: int,
         batch_size: int | None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
         """Run the network on every prepared image (same-sized ones as one batch) and finish each."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, p in enumerate(items):
             groups.setdefault((p.rgb.device, *p.rgb.shape[-2:]), []).append(i)
+        tracker = None
+        if progress is not None:
+            total = 0
+            for members in groups.values():
+                n = sum(items[i].rgb.shape[0] for i in members)
+                h, w = items[members[0]].rgb.shape[-2:]
+                total += self._units(n, h, w, self._plan(h, w, n, tile_size, tile_pad, batch_size))
+            tracker = _Progress(progress, total)
         outputs: list[Any] = [None] * len(items)
         for members in groups.values():
             x = items[members[0]].rgb if len(members) == 1 else torch.cat([items[i].rgb for i in members])
-            y = self._upscale_rgb(x, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size)
+            y = self._upscale_rgb(
+                x, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size, progress=tracker
+            )
             for j, i in enumerate(members):
                 p = items[i]
                 alpha = _image.upscale_alpha(p.alpha, self.scale) if p.alpha is not None else None
@@ -366,7 +399,13 @@ class Upscaler:
 
     # ------------------------------------------------------------------ core
     def _upscale_rgb(
-        self, x: torch.Tensor, *, tile_size: int | str | None, tile_pad: int, batch_size: int | None
+        self,
+        x: torch.Tensor,
+        *,
+        tile_size: int | str | None,
+        tile_pad: int,
+        batch_size: int | None,
+        progress: _Progress | None = None,
     ) -> torch.Tensor:
         """N x 3 x H x W float 0..1 (any device) -> N x 3 x sH x sW float32 0..1 on the same device."""
         if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
@@ -375,10 +414,10 @@ class Upscaler:
         plan = self._plan(x.shape[-2], x.shape[-1], x.shape[0], tile_size, tile_pad, batch_size)
         with torch.inference_mode():
             if plan.tile is None:
-                parts = [self._run_retrying(chunk, plan) for chunk in x.split(plan.batch)]
+                parts = [self._run_retrying(chunk, plan, progress) for chunk in x.split(plan.batch)]
                 y = parts[0] if len(parts) == 1 else torch.cat(parts)
             else:
-                y = self._run_retrying(x, plan)
+                y = self._run_retrying(x, plan, progress)
             return y.clamp_(0.0, 1.0).contiguous()
 
     def _plan(
@@ -411,7 +450,23 @@ class Upscaler:
         window = (tile + 2 * tile_pad) ** 2
         return _Plan(tile, tile_pad, batch_size or max(1, min(MAX_AUTO_TILE_BATCH, budget_px // window)))
 
-    def _tiled(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    def _units(self, n: int, h: int, w: int, plan: _Plan) -> int:
+        """Progress units of one plan: images for whole runs, tiles times passes for tiled ones."""
+        if plan.tile is None:
+            return n
+        traits = self.descriptor.traits
+        tiles = n * tile_count(
+            h,
+            w,
+            tile_size=plan.tile,
+            tile_pad=plan.pad,
+            multiple=traits.size_multiple,
+            min_size=traits.min_size,
+            align=traits.tile_align,
+        )
+        return tiles * (1 + (GATHER_PASSES if self._image_reductions else 0))
+
+    def _tiled(self, x: torch.Tensor, plan: _Plan, progress: _Progress | None = None) -> torch.Tensor:
         """One attempt at a plan: a plain tiled run, or gather passes then a replaying run."""
         traits = self.descriptor.traits
         common: dict[str, Any] = {
@@ -424,14 +479,15 @@ class Upscaler:
         }
         sources = self._resize_sources(x) if plan.tile is not None and traits.tile_align > 1 else None
         if plan.tile is None or not (self._image_reductions or sources):
-            return tiled_apply(self._forward, x, **common)  # type: ignore[return-value]
+            forward = self._forward if progress is None else partial(self._forward, progress=progress)
+            return tiled_apply(forward, x, **common)  # type: ignore[return-value]
         common["align"] = traits.tile_align
         stats = TileStatistics(resize_sources=sources, align=traits.tile_align)
         for _ in range(GATHER_PASSES if self._image_reductions else 0):
-            gather = partial(self._forward, stats=stats, gather=True)
+            gather = partial(self._forward, stats=stats, gather=True, progress=progress)
             tiled_apply(gather, x, with_regions=True, assemble=False, **common)
             stats.freeze()
-        replay = partial(self._forward, stats=stats, gather=False)
+        replay = partial(self._forward, stats=stats, gather=False, progress=progress)
         return tiled_apply(replay, x, with_regions=True, **common)  # type: ignore[return-value]
 
     def _resize_sources(self, x: torch.Tensor) -> list[tuple[int, int]] | None:
@@ -451,11 +507,12 @@ class Upscaler:
             return None
         return sizes or None
 
-    def _run_retrying(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    def _run_retrying(self, x: torch.Tensor, plan: _Plan, progress: _Progress | None = None) -> torch.Tensor:
         """Run a plan; on out-of-memory, split the batch, then halve the tile, then give up clearly."""
+        start = progress.done if progress is not None else 0
         while True:
             try:
-                return self._tiled(x, plan)
+                return self._tiled(x, plan, progress)
             except Exception as exc:
                 if not _is_oom(exc):
                     raise
@@ -466,12 +523,16 @@ class Upscaler:
                 half = (x.shape[0] + 1) // 2
                 logger.warning("out of memory on %d images at once; retrying in two halves", x.shape[0])
                 sub = _Plan(None, plan.pad, max(1, plan.batch // 2))
-                return torch.cat([self._run_retrying(part, sub) for part in x.split(half)])
+                if progress is not None:
+                    progress.restart(start)
+                return torch.cat([self._run_retrying(part, sub, progress) for part in x.split(half)])
             if plan.tile is not None and plan.batch > 1:
                 logger.warning(
                     "out of memory with %d tiles per call; retrying one tile at a time", plan.batch
                 )
                 plan = _Plan(plan.tile, plan.pad, 1)
+                if progress is not None:
+                    progress.restart(start)
                 continue
             current = plan.tile if plan.tile is not None else max(x.shape[-2:])
             smaller = current // 2
@@ -485,6 +546,10 @@ class Upscaler:
                     f"{self.device} ran out of memory even with tile_size={current} ({failed}); {fix}."
                 )
             logger.warning("out of memory with tile_size=%s; retrying with tile_size=%d", plan.tile, smaller)
+            if progress is not None:
+                h, w = x.shape[-2:]
+                before = self._units(x.shape[0], h, w, plan)
+                progress.restart(start, self._units(x.shape[0], h, w, _Plan(smaller, plan.pad, 1)) - before)
             plan = _Plan(smaller, plan.pad, 1)
 
     def _forward(
@@ -494,6 +559,7 @@ class Upscaler:
         *,
         stats: TileStatistics | None = None,
         gather: bool = False,
+        progress: _Progress | None = None,
     ) -> torch.Tensor:
         """One network call on a batch of windows (float32, any device) -> output on self.device.
 
@@ -523,6 +589,8 @@ class Upscaler:
         if capture is not None and gather:
             good = sorted(set(range(x.shape[0])) - set(bad.tolist()))
             stats.commit(capture, good)  # type: ignore[union-attr]
+        if progress is not None:
+            progress.advance(x.shape[0])
         if len(bad) == 0:
             return y
         logger.info("%d tile(s) overflowed in %s; recomputing them in fp32", len(bad), self.precision)

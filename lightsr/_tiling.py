@@ -44,6 +44,7 @@ __all__ = [
     "padded_length",
     "plan_axis",
     "resize_sources",
+    "tile_count",
     "tiled_apply",
 ]
 
@@ -157,6 +158,28 @@ def plan_axis(
             end = start + window
         spans.append(Span(c0, c1, start, end, fade if i > 0 else 0, fade if i < n - 1 else 0))
     return spans
+
+
+def tile_count(
+    h: int,
+    w: int,
+    *,
+    tile_size: int | None,
+    tile_pad: int,
+    multiple: int = 1,
+    min_size: int = 1,
+    align: int = 1,
+) -> int:
+    """How many windows :func:`tiled_apply` runs for one ``h x w`` image with these settings.
+
+    Example:
+        >>> tile_count(100, 50, tile_size=40, tile_pad=8)
+        6
+    """
+    hp, wp = padded_length(h, min_size, multiple), padded_length(w, min_size, multiple)
+    ny = len(plan_axis(hp, tile_size, tile_pad, multiple=multiple, min_size=min_size, align=align))
+    nx = len(plan_axis(wp, tile_size, tile_pad, multiple=multiple, min_size=min_size, align=align))
+    return ny * nx
 
 
 def _ramp(n: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -195,6 +195,18 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(jobs), unit="img", disable=not show_progress, file=sys.stderr)
     summary: list[dict[str, object]] = []
     failures = 0
+    tiles: list[Any] = []  # the per-image bar over tiles, while one is shown
+
+    def on_tiles(done: int, total: int) -> None:
+        # Only images that run in several tiles get a second bar: a whole image is one step.
+        if not show_progress or total <= 1:
+            return
+        if not tiles:
+            tiles.append(tqdm(total=total, unit="tile", leave=False, position=1, file=sys.stderr))
+        tiles[0].total = total
+        tiles[0].n = done
+        tiles[0].refresh()
+
     for job in jobs:
         entry: dict[str, object] = {"input": str(job.src), "output": str(job.dst), "error": None}
         started = time.perf_counter()
@@ -205,11 +217,11 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
             else:
                 deep = _read_deep_tiff(job.src)
                 if deep is not None:  # 16-bit colour: Pillow cannot hold it, numpy keeps all 16 bits
-                    result_array = upscaler.upscale(deep, tile_size=args.tile)
+                    result_array = upscaler.upscale(deep, tile_size=args.tile, progress=on_tiles)
                     entry["size_out"] = [result_array.shape[1], result_array.shape[0]]
                     _write_deep_tiff(result_array, job.dst)
                 else:
-                    result = upscaler.upscale(str(job.src), tile_size=args.tile)
+                    result = upscaler.upscale(str(job.src), tile_size=args.tile, progress=on_tiles)
                     entry["size_out"] = list(result.size)
                     _save_atomically(result, job.dst)
                 width, height = entry["size_out"]  # type: ignore[misc]
@@ -224,6 +236,9 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
             if args.debug:
                 raise
             print(f"lightsr upscale: {job.src}: {exc}", file=sys.stderr)
+        finally:
+            while tiles:
+                tiles.pop().close()
         entry["seconds"] = round(time.perf_counter() - started, 4)
         summary.append(entry)
         bar.update(1)

@@ -27,7 +27,12 @@ def rtc_weights(weights_dir: Path) -> str:
 def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "lightsr", *args], capture_output=True, text=True, timeout=timeout, env=env, **kw
+        [sys.executable, "-m", "lightsr", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
     )
 
 
@@ -44,8 +49,13 @@ def make_album(folder: Path) -> dict[str, tuple[int, int]]:
     Image.fromarray(rng.integers(0, 256, (15, 15, 3), dtype=np.uint8)).save(folder / "sub" / "deep.png")
     good = (folder / "rgb.png").read_bytes()
     (folder / "corrupt.png").write_bytes(good[: len(good) // 2])  # truncated file
-    return {"rgb.png": (24, 20), "rgba.png": (16, 18), "grey.png": (19, 17), "grey16.png": (21, 16),
-            "photo.jpg": (20, 22)}
+    return {
+        "rgb.png": (24, 20),
+        "rgba.png": (16, 18),
+        "grey.png": (19, 17),
+        "grey16.png": (21, 16),
+        "photo.jpg": (20, 22),
+    }
 
 
 def test_folder_of_mixed_images(tmp_path: Path, rtc_weights: str) -> None:
@@ -84,18 +94,29 @@ def test_skip_existing_overwrite_and_recursive(tmp_path: Path, rtc_weights: str)
     make_album(album)
     (album / "corrupt.png").unlink()
     out = tmp_path / "out"
-    first = run_cli("upscale", str(album), "-o", str(out), "--recursive", *MODEL_ARGS, "--weights", rtc_weights,
-                    "--json")
+    first = run_cli(
+        "upscale", str(album), "-o", str(out), "--recursive", *MODEL_ARGS, "--weights", rtc_weights, "--json"
+    )
     assert first.returncode == 0, first.stderr
     assert (out / "sub" / "deep.png").is_file()  # relative paths kept under OUT
     stamp = (out / "rgb.png").stat().st_mtime_ns
-    second = run_cli("upscale", str(album), "-o", str(out), "--recursive", *MODEL_ARGS, "--weights",
-                     rtc_weights, "--json")
+    second = run_cli(
+        "upscale", str(album), "-o", str(out), "--recursive", *MODEL_ARGS, "--weights", rtc_weights, "--json"
+    )
     assert second.returncode == 0
     assert all(e.get("skipped") for e in json.loads(second.stdout)["images"])
     assert (out / "rgb.png").stat().st_mtime_ns == stamp
-    third = run_cli("upscale", str(album / "rgb.png"), "-o", str(out), *MODEL_ARGS, "--weights", rtc_weights,
-                    "--overwrite", "--json")
+    third = run_cli(
+        "upscale",
+        str(album / "rgb.png"),
+        "-o",
+        str(out),
+        *MODEL_ARGS,
+        "--weights",
+        rtc_weights,
+        "--overwrite",
+        "--json",
+    )
     assert third.returncode == 0 and not json.loads(third.stdout)["images"][0].get("skipped")
     assert (out / "rgb.png").stat().st_mtime_ns != stamp
 
@@ -148,10 +169,26 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
         Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(album / f"img{i:02d}.png")
     out = tmp_path / "out"
     # E-RFDN x4 on fp32 makes each image take long enough to be interrupted midway.
-    args = ["upscale", str(album), "-o", str(out), "--model", "rfdn", "--scale", "4", "--weights",
-            str(weights_dir / "RFDN_AIM_x4.pth"), "--precision", "fp32", "--tile", "none", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "lightsr", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = [
+        "upscale",
+        str(album),
+        "-o",
+        str(out),
+        "--model",
+        "rfdn",
+        "--scale",
+        "4",
+        "--weights",
+        str(weights_dir / "RFDN_AIM_x4.pth"),
+        "--precision",
+        "fp32",
+        "--tile",
+        "none",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightsr", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(out.glob("img*.png"))) < 2:
         time.sleep(0.02)
@@ -179,14 +216,105 @@ def test_16bit_colour_tiff_stays_16bit(tmp_path: Path, rtc_weights: str) -> None
     rng = np.random.default_rng(2)
     deep = rng.integers(0, 65536, (12, 10, 3), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "scan.tif", deep, photometric="rgb")
-    res = run_cli("upscale", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "out"), *MODEL_ARGS,
-                  "--weights", rtc_weights, "--json")
+    res = run_cli(
+        "upscale",
+        str(tmp_path / "scan.tif"),
+        "-o",
+        str(tmp_path / "out"),
+        *MODEL_ARGS,
+        "--weights",
+        rtc_weights,
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     out = tifffile.imread(tmp_path / "out" / "scan.tif")
     assert out.dtype == np.uint16 and out.shape == (24, 20, 3)
     assert np.unique(out).size > 256  # really 16-bit values, not 8-bit ones scaled up
     entry = json.loads(res.stdout)["images"][0]
     assert entry["size_in"] == [10, 12] and entry["size_out"] == [20, 24]
-    bad = run_cli("upscale", str(tmp_path / "scan.tif"), "-o", str(tmp_path / "png"), *MODEL_ARGS,
-                  "--weights", rtc_weights, "--format", "png")
+    bad = run_cli(
+        "upscale",
+        str(tmp_path / "scan.tif"),
+        "-o",
+        str(tmp_path / "png"),
+        *MODEL_ARGS,
+        "--weights",
+        rtc_weights,
+        "--format",
+        "png",
+    )
     assert bad.returncode == 1 and "use --format tiff" in bad.stderr
+
+
+def _run_on_terminal(*args: str, timeout: float = 300) -> tuple[int, str]:
+    """Run the command with stdout and stderr on a pseudo-terminal (where progress bars are shown)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # A fresh pseudo-terminal is 0 x 0 characters, where tqdm draws nothing: give it a real size.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightsr", *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_progress_bars_over_images_and_over_the_tiles_of_a_large_image(
+    tmp_path: Path, rtc_weights: str
+) -> None:
+    Image.new("RGB", (64, 48), (90, 140, 200)).save(tmp_path / "big.png")
+    Image.new("RGB", (12, 10), (200, 40, 30)).save(tmp_path / "small.png")
+    code, screen = _run_on_terminal(
+        "upscale",
+        str(tmp_path / "big.png"),
+        str(tmp_path / "small.png"),
+        "-o",
+        str(tmp_path / "out"),
+        "--model",
+        "imdn-rtc",
+        "--scale",
+        "2",
+        "--weights",
+        rtc_weights,
+        "--tile",
+        "16",
+    )
+    assert code == 0, screen
+    assert "2/2" in screen and "img" in screen  # the bar over images
+    assert "tile" in screen  # the big image (4 x 3 tiles of 16) gets a bar over its tiles
+    code, screen = _run_on_terminal(
+        "upscale",
+        str(tmp_path / "big.png"),
+        "-o",
+        str(tmp_path / "q"),
+        "--quiet",
+        "--model",
+        "imdn-rtc",
+        "--scale",
+        "2",
+        "--weights",
+        rtc_weights,
+        "--tile",
+        "16",
+    )
+    assert code == 0 and "tile" not in screen and "img" not in screen, screen

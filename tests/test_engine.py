@@ -606,3 +606,35 @@ def test_precision_table_set5(name, scale, precision, weights_dir, bench_dir):
         b = metrics.psnr_y(_to_uint8(low.upscale(x, tile_size=None)), hr, scale)
         deltas.append(b - a)
     assert abs(float(np.mean(deltas))) < 0.02, f"{name} x{scale} {precision}: {np.mean(deltas):+.4f} dB"
+
+
+# ----------------------------------------------------------------------------------------- progress
+def test_progress_counts_tiles_over_every_pass(rtc, imdn2, erfdn):
+    # 40 x 30 in tiles of at most 16 LR pixels: 3 x 2 windows (cores of 14/13/13 and 15/15).
+    seen: list[tuple[int, int]] = []
+    rtc.upscale(
+        _image(40, 30), tile_size=16, tile_pad=8, batch_size=2, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen == [(2, 6), (4, 6), (6, 6)]  # two tiles per call
+    seen.clear()
+    # IMDN's channel attention gathers whole-image statistics: 2 passes over the tiles, then the run.
+    imdn2.upscale(
+        _image(40, 30), tile_size=16, tile_pad=8, batch_size=1, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen == [(k, 18) for k in range(1, 19)]
+    seen.clear()
+    # E-RFDN's ESA tiles start on its 6-pixel grid: 40 x 30 still gives 3 x 2 windows.
+    erfdn.upscale(
+        _image(40, 30), tile_size=16, tile_pad=8, batch_size=1, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen == [(k, 6) for k in range(1, 7)]
+
+
+def test_progress_counts_images_of_whole_runs(rtc):
+    seen: list[tuple[int, int]] = []
+    rtc.upscale(
+        [_image(10, 12), _image(7, 9), _image(10, 12)],
+        tile_size=None,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen[-1] == (3, 3) and len(seen) == 2  # the two 10 x 12 images in one call, then the other
