@@ -380,8 +380,11 @@ def cli_peak_rss(case: Case, side: int, workdir: Path, fmt: str, precision: str)
 
 
 # ------------------------------------------------------------------------------------------ output
-def write_json(path: Path, rows: Sequence[Row], machine: dict[str, str], rounds: int) -> None:
-    """The timings in the shape scripts/make_figures.py reads (kind "speed", one row per variant)."""
+def write_json(
+    path: Path, rows: Sequence[Row], machine: dict[str, str], rounds: int, extra: dict[str, Any] | None = None
+) -> None:
+    """The timings in the shape scripts/make_figures.py reads (kind "speed", one row per variant), plus
+    what scripts/gen_docs.py needs for docs/performance.md (``extra``: peaks, tiling overhead, memory)."""
     import json
 
     device = f"{machine['device']}: {machine['cpu']} ({machine['threads']} threads)"
@@ -394,8 +397,13 @@ def write_json(path: Path, rows: Sequence[Row], machine: dict[str, str], rounds:
                 "input": [r.lr[1], r.lr[0]], "ms": round(1000 * statistics.median(r.times[variant]), 2),
                 "speedup": round(r.speedup[variant], 3), "gmac": round(r.gmac, 3),
                 "percent_of_peak": round(r.pct_peak[variant], 1),
+                "output_mp_per_s": round(r.out_mp / statistics.median(r.times[variant]), 3),
             })
-    data = {"kind": "speed", "device": device, "machine": machine, "rounds": rounds, "rows": out_rows}
+            if variant == "fast fp32":
+                out_rows[-1]["max_abs_diff"] = r.max_diff
+            if variant == "fast auto" and r.dpsnr is not None:
+                out_rows[-1]["dpsnr_set5"] = round(r.dpsnr, 4)
+    data = {"kind": "speed", "device": device, "machine": machine, "rounds": rounds, "rows": out_rows, **(extra or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
@@ -467,10 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
-    if json_path is not None and str(json_path) != "-":
-        write_json(json_path, rows, machine_info(device), rounds)
-        print(f"\n(timings written to {json_path})", file=sys.stderr)
+    extra: dict[str, Any] = {}
     peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
+    extra["conv_peaks_gflops"] = [
+        {"width": w, "precision": DTYPE_NAME[d], "gflops": round(_PEAK_CACHE[(w, d, str(device))] / 1e9, 1)}
+        for w, d in peaks
+    ]
     print("\nMeasured 3x3-conv peaks (width: GFLOP/s): " + ", ".join(
         f"{w} {DTYPE_NAME[d]}: {_PEAK_CACHE[(w, d, str(device))] / 1e9:.0f}" for w, d in peaks), flush=True)
 
@@ -490,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         whole, tiled, plan = tiling_overhead(case, device, max(1, rounds - 1), args.shared)
         print(fmt_table(["model", "whole s", "default tiling s", "overhead", "plan"],
                         [(case.label, f"{whole:.2f}", f"{tiled:.2f}", f"{100 * (tiled / whole - 1):+.1f}%", plan)]))
+        extra["tiling_overhead"] = {"model": case.label, "input": [1024, 1024], "whole_s": round(whole, 3),
+                                    "tiled_s": round(tiled, 3), "plan": str(plan)}
         print(flush=True)
 
     if not args.no_memory:
@@ -503,10 +515,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out_mb = side * side * case.record["scale"] ** 2 * 3 / 1e6
                 mem_rows.append((f"{side}x{side}", f"{out_mb:.0f} MB", f"{mb:.0f} MB", f"{sec:.0f}",
                                  "ok" if rc == 0 else f"exit {rc}: {err}"))
+                extra.setdefault("memory", []).append({
+                    "model": case.label, "input": [side, side], "output_mb": round(out_mb, 1), "peak_rss_mb": round(mb, 1),
+                    "seconds": round(sec, 1), "status": "ok" if rc == 0 else f"exit {rc}: {err}"})
         print(fmt_table(["input", "uint8 output", "peak RSS", "seconds", "status"], mem_rows))
 
-    print(f"\nbenchmark wall time: {time.perf_counter() - started:.0f} s; load average at the end: "
+    wall = time.perf_counter() - started
+    print(f"\nbenchmark wall time: {wall:.0f} s; load average at the end: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if json_path is not None and str(json_path) != "-":
+        extra["wall_seconds"] = round(wall)
+        write_json(json_path, rows, machine_info(device), rounds, extra)
+        print(f"(results written to {json_path})", file=sys.stderr)
     return 0
 
 

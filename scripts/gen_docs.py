@@ -22,6 +22,7 @@ errors               ``lightsr.errors`` (every class, its bases, its docstring) 
 tiling-table         benchmarks/results/tiling.json (shape in ``TILING_SHAPE``), when it exists
 precision-table      benchmarks/results/precision.json (shape in ``PRECISION_SHAPE``), when it exists
 performance-summary  docs/performance.md and docs/images/psnr_vs_speed.png, when they exist
+speed-table          benchmarks/results/speed.json (shape in ``SPEED_SHAPE``), when it exists
 ===================  ==========================================================================================
 
 The check also compares the records in docs/images/figures.json (written by scripts/make_figures.py) with
@@ -927,6 +928,76 @@ def gen_precision_table(page: Path) -> str:
     return "\n".join(out)
 
 
+SPEED_SHAPE = """{"kind": "speed", "device": "cpu: ... (2 threads)", "machine": {...}, "rounds": 2,
+ "rows": [{"model": "rfdn", "scale": 4, "variant": "plain" | "fast fp32" | "fast auto", "precision": "...",
+           "input": [320, 180], "ms": 151.2, "speedup": 1.0, "gmac": 9.6, "percent_of_peak": 12.0}],
+ "conv_peaks_gflops": [...], "tiling_overhead": {...}, "memory": [...]}"""
+
+
+def gen_speed_table(page: Path) -> str:
+    data = _load_result("speed.json", "speed")
+    if data is None:
+        return _pending("the speed tables", SPEED_SHAPE, "speed.json")
+    machine = data.get("machine", {})
+    out = [
+        "Measured by `python benchmarks/speed.py` on "
+        + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("device",))
+        + f"; {data.get('rounds', '?')} timed rounds per variant, interleaved, after a warm-up round"
+        + (f"; the whole benchmark took {data['wall_seconds']} s." if "wall_seconds" in data else ".")
+        + "\n"
+    ]
+    by = {(_key(r), r["variant"]): r for r in data["rows"]}
+    body = []
+    for k in _ordered_models(data["rows"]):
+        plain, fast, auto = (by.get((k, v)) for v in ("plain", "fast fp32", "fast auto"))
+        if plain is None or fast is None or auto is None:
+            continue
+        w, h = plain["input"]
+        body.append([
+            k[0], f"x{k[1]}", f"{w}x{h}", f"{plain['gmac']:.1f}", f"{plain['ms']:.0f}",
+            f"{fast['ms']:.0f} ({fast['speedup']:.2f}x)",
+            f"{fast['max_abs_diff']:.1e}" if isinstance(fast.get("max_abs_diff"), (int, float)) else "–",
+            auto["precision"], f"{auto['ms']:.0f} ({auto['speedup']:.2f}x)",
+            f"{auto['dpsnr_set5']:+.3f}" if isinstance(auto.get("dpsnr_set5"), (int, float)) else "–",
+            " / ".join(f"{by[(k, v)]['percent_of_peak']:.0f}%" for v in ("plain", "fast fp32", "fast auto")),
+        ])
+    out.append(
+        "Milliseconds per image (LR input size given, output is scale times larger); in brackets the speed-up "
+        "over *plain* (the network as upstream code runs it: NCHW fp32 under `torch.no_grad()`). *fast fp32* "
+        "and *auto* are lightsr's inference rewrite in fp32 and in the precision `precision=\"auto\"` picks; "
+        "max |Δ| is the largest difference from plain on a 0..1 output; Set5 Δ the Y-PSNR change of *auto* "
+        "against fp32; the last column the share of this machine's measured 3x3-conv peak each variant reaches.\n"
+    )
+    out.append(_table(
+        ["model", "scale", "LR in", "GMAC", "plain ms", "fast fp32 ms", "max |Δ|", "auto", "auto ms",
+         "Set5 Δ (dB)", "% of conv peak (plain / fp32 / auto)"],
+        body,
+    ))
+    peaks = data.get("conv_peaks_gflops") or []
+    if peaks:
+        out.append(
+            "\nMeasured 3x3-convolution peaks (channels-last, best of several sizes): "
+            + ", ".join(f"width {p['width']} {p['precision']} {p['gflops']:.0f} GFLOP/s" for p in peaks) + ".\n"
+        )
+    tiling = data.get("tiling_overhead")
+    if tiling:
+        over = 100 * (tiling["tiled_s"] / tiling["whole_s"] - 1)
+        out.append(
+            f"Tiling overhead ({tiling['model']}, {tiling['input'][0]}x{tiling['input'][1]} LR, precision auto): "
+            f"whole image {tiling['whole_s']:.2f} s, default tiling {tiling['tiled_s']:.2f} s ({over:+.1f}%; "
+            f"plan: {tiling['plan']}).\n"
+        )
+    memory = data.get("memory") or []
+    if memory:
+        out.append("Peak resident memory of `lightsr upscale` (a fresh process per image, precision auto):\n")
+        out.append(_table(
+            ["model", "input", "uint8 output", "peak RSS", "seconds", "status"],
+            [[m["model"], f"{m['input'][0]}x{m['input'][1]}", f"{m['output_mb']:.0f} MB", f"{m['peak_rss_mb']:.0f} MB",
+              f"{m['seconds']:.0f}", m["status"]] for m in memory],
+        ))
+    return "\n".join(out)
+
+
 def gen_performance_summary(page: Path) -> str:
     perf = DOCS / "performance.md"
     chart = IMAGES / "psnr_vs_speed.png"
@@ -954,6 +1025,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "tiling-table": gen_tiling_table,
     "precision-table": gen_precision_table,
     "performance-summary": gen_performance_summary,
+    "speed-table": gen_speed_table,
 }
 
 

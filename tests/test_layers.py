@@ -18,6 +18,7 @@ LAYERS = {
     "lightsr._hub": 4,
     "lightsr._image": 5,
     "lightsr._tiling": 5,
+    "lightsr._fastpath": 5,
     "lightsr._engine": 6,
     "lightsr._evaluate": 7,
     "lightsr._api": 7,
