@@ -409,7 +409,8 @@ class Upscaler:
             for j, i in enumerate(members):
                 p = items[i]
                 alpha = _image.upscale_alpha(p.alpha, self.scale) if p.alpha is not None else None
-                outputs[i] = _image.finish(y[j : j + 1], alpha, p.restore)
+                # y is this call's own buffer and each slice is finished once: convert it in place.
+                outputs[i] = _image.finish(y[j : j + 1], alpha, p.restore, owned=True)
             del x, y
         return outputs
 

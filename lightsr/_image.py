@@ -432,11 +432,15 @@ def upscale_alpha(alpha: torch.Tensor, scale: int) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def finish(sr_rgb: torch.Tensor, alpha_sr: torch.Tensor | None, restore: Restore) -> Any:
+def finish(
+    sr_rgb: torch.Tensor, alpha_sr: torch.Tensor | None, restore: Restore, *, owned: bool = False
+) -> Any:
     """Turn the network's 1x3x(sH)x(sW) float output (and the upscaled alpha) into the input's kind.
 
     Returns a PIL image (for path and PIL inputs), a numpy array or a tensor; see the module docstring.
     ``sr_rgb`` is clamped to 0..1; it must be finite (the engine deals with NaN before this).
+    ``owned=True`` lets an RGB result be converted in ``sr_rgb``'s own memory (the engine's output
+    buffer, used once) instead of a copy: one full-size float image less at the peak.
 
     Example:
         >>> import torch
@@ -453,11 +457,14 @@ def finish(sr_rgb: torch.Tensor, alpha_sr: torch.Tensor | None, restore: Restore
         got = None if alpha_sr is None else tuple(alpha_sr.shape)
         raise ValueError(f"this image has alpha: finish needs a 1x1x{height}x{width} alpha, got {got}")
     # One buffer owned here (colour, then alpha): later steps may work in place without touching the caller's.
-    y = torch.empty((1, restore.channels, height, width), dtype=torch.float32, device=sr.device)
-    if restore.channels <= 2:
-        torch.mean(sr.to(torch.float32), dim=1, keepdim=True, out=y[:, :1])
+    if owned and restore.channels == 3 and sr.dtype == torch.float32 and sr.is_contiguous():
+        y = sr
     else:
-        y[:, :3].copy_(sr)
+        y = torch.empty((1, restore.channels, height, width), dtype=torch.float32, device=sr.device)
+        if restore.channels <= 2:
+            torch.mean(sr.to(torch.float32), dim=1, keepdim=True, out=y[:, :1])
+        else:
+            y[:, :3].copy_(sr)
     if has_alpha:
         y[:, -1:].copy_(alpha_sr.detach())
     y.clamp_(0.0, 1.0)

@@ -995,6 +995,8 @@ def gen_speed_table(page: Path) -> str:
             [[m["model"], f"{m['input'][0]}x{m['input'][1]}", f"{m['output_mb']:.0f} MB", f"{m['peak_rss_mb']:.0f} MB",
               f"{m['seconds']:.0f}", m["status"]] for m in memory],
         ))
+        if data.get("memory_note"):
+            out.append(f"\n*{data['memory_note'][0].upper() + data['memory_note'][1:]}.*\n")
     return "\n".join(out)
 
 

@@ -164,11 +164,12 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     album = tmp_path / "album"
     album.mkdir()
     rng = np.random.default_rng(1)
-    n = 12
+    n = 24
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(album / f"img{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(album / f"img{i:02d}.png")
     out = tmp_path / "out"
-    # E-RFDN x4 on fp32 makes each image take long enough to be interrupted midway.
+    # E-RFDN x4 in fp32 makes each image take long enough (~0.1-0.3 s here) that the 22 images left when
+    # the signal is sent cannot all finish before it lands.
     args = [
         "upscale",
         str(album),
@@ -202,7 +203,7 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     for f in done:  # every file with a final name is a complete image
         with Image.open(f) as im:
             im.load()
-            assert im.size == (384, 384)
+            assert im.size == (512, 512)
     rerun = run_cli(*args[:-1], "--json")
     assert rerun.returncode == 0, rerun.stderr
     images = json.loads(rerun.stdout)["images"]

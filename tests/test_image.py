@@ -518,3 +518,14 @@ def test_finish_leaves_the_network_output_untouched():
     before = sr.clone()
     _image.finish(sr, None, p.restore)
     assert torch.equal(sr, before)
+
+
+def test_finish_copies_unless_it_owns_the_buffer():
+    p = _image.prepare(np.zeros((4, 5, 3), np.uint8))[0]
+    sr = torch.full((1, 3, 8, 10), 1.5)  # out of range: finish clamps and scales
+    keep = sr.clone()
+    copied = _image.finish(sr, None, p.restore)
+    assert torch.equal(sr, keep)  # the caller's tensor is untouched ...
+    owned = _image.finish(sr, None, p.restore, owned=True)
+    assert np.array_equal(copied, owned) and owned.dtype == np.uint8 and int(owned.max()) == 255
+    assert not torch.equal(sr, keep)  # ... unless it is handed over (the engine's own output buffer)
