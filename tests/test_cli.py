@@ -187,8 +187,14 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
         "none",
         "--quiet",
     ]
+    # A shell without job control starts background commands with SIGINT ignored, and a child inherits
+    # that (Python then never raises KeyboardInterrupt): give the command Ctrl-C as a terminal would.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lightsr", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "lightsr", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509 - no threads here
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(list(out.glob("img*.png"))) < 2:
