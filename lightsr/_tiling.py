@@ -498,7 +498,7 @@ class TileStatistics:
         self._sums: dict[int, dict[int, list[Any]]] = {}
         self._frozen: dict[int, dict[int, list[Any]]] = {}
         # Size-dependent resizes: the input size of each bilinear resize (in call order) in a
-        # whole-image run, and the stride of the coarse grid they resize (see _GlobalResize).
+        # whole-image run, and the stride of the coarse grid they resize (see _Capture._global_resize).
         self.resize_sources = list(resize_sources) if resize_sources is not None else None
         self.align = align
 
