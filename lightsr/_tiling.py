@@ -329,8 +329,8 @@ def tiled_apply(
         blend = tile_pad // 2
     xp = pad_to_size(x, min_size, multiple)
     hp, wp = xp.shape[-2:]
-    ys = plan_axis(hp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend)
-    xs = plan_axis(wp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend)
+    ys = plan_axis(hp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend, align=align)
+    xs = plan_axis(wp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend, align=align)
     if len(ys) == 1 and len(xs) == 1:
         if with_regions:
             y = fn(xp, [TileRegion(i, 0, hp, 0, wp, 0, 0, hp, wp) for i in range(n_img)])
@@ -341,13 +341,6 @@ def tiled_apply(
         y = _checked(y, xp, scale)
         return y[..., : h * scale, : w * scale].to(device=x.device, dtype=out_dtype)
 
-    if align > 1:
-        ys = plan_axis(
-            hp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend, align=align
-        )
-        xs = plan_axis(
-            wp, tile_size, tile_pad, multiple=multiple, min_size=min_size, blend=blend, align=align
-        )
     # Raster order (rows of tiles, then columns) is what _lerp_weight assumes.
     tiles = [_Tile(i, sy, sx) for i in range(n_img) for sy in ys for sx in xs]
     faded = any(sp.fade0 or sp.fade1 for sp in (*ys, *xs))

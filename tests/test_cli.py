@@ -291,37 +291,11 @@ def test_progress_bars_over_images_and_over_the_tiles_of_a_large_image(
 ) -> None:
     Image.new("RGB", (64, 48), (90, 140, 200)).save(tmp_path / "big.png")
     Image.new("RGB", (12, 10), (200, 40, 30)).save(tmp_path / "small.png")
-    code, screen = _run_on_terminal(
-        "upscale",
-        str(tmp_path / "big.png"),
-        str(tmp_path / "small.png"),
-        "-o",
-        str(tmp_path / "out"),
-        "--model",
-        "imdn-rtc",
-        "--scale",
-        "2",
-        "--weights",
-        rtc_weights,
-        "--tile",
-        "16",
-    )
+    options = [*MODEL_ARGS, "--weights", rtc_weights, "--tile", "16"]
+    big, small = str(tmp_path / "big.png"), str(tmp_path / "small.png")
+    code, screen = _run_on_terminal("upscale", big, small, "-o", str(tmp_path / "out"), *options)
     assert code == 0, screen
     assert "2/2" in screen and "img" in screen  # the bar over images
     assert "tile" in screen  # the big image (4 x 3 tiles of 16) gets a bar over its tiles
-    code, screen = _run_on_terminal(
-        "upscale",
-        str(tmp_path / "big.png"),
-        "-o",
-        str(tmp_path / "q"),
-        "--quiet",
-        "--model",
-        "imdn-rtc",
-        "--scale",
-        "2",
-        "--weights",
-        rtc_weights,
-        "--tile",
-        "16",
-    )
+    code, screen = _run_on_terminal("upscale", big, "-o", str(tmp_path / "q"), "--quiet", *options)
     assert code == 0 and "tile" not in screen and "img" not in screen, screen
