@@ -343,7 +343,7 @@ def tiling_overhead(case: Case, device: torch.device, rounds: int, shared: Path,
     up = load(case, "auto", device)
     x = natural_lr(shared, size, size).to(device)
     fns = {"whole": lambda: up.upscale(x, tile_size=None), "tiled": lambda: up.upscale(x)}
-    times = time_interleaved(fns, rounds, warmup=0, device=device)
+    times = time_interleaved(fns, rounds, warmup=1, device=device)
     plan = None
     with contextlib.suppress(Exception):
         plan = up._plan(size, size, 1, "auto", 24, None)  # what "auto" chose, for the report
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run_tiling:
         print("\n## Tiling overhead (1024x1024 LR, precision auto)\n")
         case = next((c for c in landed_cases(args.shared, ["rfdn:4"], False)), cases[0])
-        whole, tiled, plan = tiling_overhead(case, device, max(1, rounds - 1), args.shared)
+        whole, tiled, plan = tiling_overhead(case, device, max(3, rounds), args.shared)
         print(fmt_table(["model", "whole s", "default tiling s", "overhead", "plan"],
                         [(case.label, f"{whole:.2f}", f"{tiled:.2f}", f"{100 * (tiled / whole - 1):+.1f}%", plan)]))
         extra["tiling_overhead"] = {"model": case.label, "input": [1024, 1024], "whole_s": round(whole, 3),

@@ -48,6 +48,14 @@ MIN_TILE = 16
 GATHER_PASSES = 2
 # Activation memory one run may use on a CPU (per call: concurrent calls each take this much).
 CPU_BUDGET_BYTES = 1 << 30
+# LR pixels per network call on a CPU in bf16/fp16 when tiles cost nothing extra (no whole-image
+# statistics to gather): below the memory budget, because larger half-precision calls are slower
+# there (with glibc's allocator, large feature maps come back as fresh pages, page-faulted on every
+# layer). Measured on 2 Sapphire Rapids cores, 1024x1024 LR, rfdn x4 (benchmarks/speed.py and
+# docs/performance.md): bf16 whole 4.4 s, tiles of the 1 GiB budget 3.9 s, at this cap 3.4 s; in
+# fp32 the cap costs 7% (8.2 -> 8.8 s), so fp32 keeps the budget. It also keeps the CLI's 1500x1500
+# x4 peak at 1.1 GB instead of 1.4.
+CPU_HALF_CALL_PIXELS = 320 * 320
 # Share of the device's free memory one run may use on CUDA / MPS.
 GPU_BUDGET_FRACTION = 0.5
 # Tiles batched into one network call when the caller does not say.
@@ -445,6 +453,8 @@ class Upscaler:
         budget_px = max(
             1, _memory_budget(self.device) // _bytes_per_lr_pixel(self.module, self.dtype, self.scale)
         )
+        if self.device.type == "cpu" and self.dtype != torch.float32 and not self._image_reductions:
+            budget_px = min(budget_px, CPU_HALF_CALL_PIXELS)
         if tile_size == "auto":
             tile = auto_tile_size(
                 h,

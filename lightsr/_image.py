@@ -492,8 +492,13 @@ def _to_array(y: torch.Tensor, dtype: np.dtype, full_scale: int | None) -> np.nd
     """1xCxHxW -> HxWxC numpy of ``dtype``; converted to the narrow dtype before the (costly) transpose."""
     narrow = {("u", 1): torch.uint8, ("u", 2): torch.uint16, ("i", 4): torch.int32, ("f", 2): torch.float16}
     tdtype = narrow.get((dtype.kind, dtype.itemsize), torch.float32 if dtype.itemsize <= 4 else torch.float64)
-    arr = _quantised(y, full_scale, tdtype)[0].permute(1, 2, 0).contiguous().cpu().numpy()
-    return arr.astype(dtype, copy=False)  # byte order and exotic float widths
+    if full_scale is not None:
+        y.mul_(full_scale).round_()  # torch.round: half to even
+    # One narrow HxWxC buffer filled straight from the float CxHxW one (conversion and transpose in
+    # one pass): a narrow CxHxW copy first would add a third full-size image to the peak.
+    hwc = torch.empty((*y.shape[-2:], y.shape[1]), dtype=tdtype, device=y.device)
+    hwc.copy_(y[0].permute(1, 2, 0))
+    return hwc.cpu().numpy().astype(dtype, copy=False)  # byte order and exotic float widths
 
 
 def _to_numpy(y: torch.Tensor, restore: Restore) -> np.ndarray:
@@ -508,7 +513,8 @@ def _to_pil(y: torch.Tensor, restore: Restore) -> Image.Image:
     _, storage, full_scale = _PIL_MODES[mode]
     arr = _to_array(y, np.dtype(storage), full_scale)
     height, width = arr.shape[:2]
-    im = Image.frombytes(mode, (width, height), arr.tobytes(), "raw", mode)
+    # The array itself is the buffer PIL decodes from (arr.tobytes() would be one more copy).
+    im = Image.frombytes(mode, (width, height), arr, "raw", mode)
     im.info.update(restore.info)
     return im
 

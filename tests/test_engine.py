@@ -6,6 +6,8 @@ and the Set5 precision table run every model in the manifest with an arch_config
 
 from __future__ import annotations
 
+import math
+
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -294,6 +296,24 @@ def test_auto_tiles_when_over_budget(rtc, monkeypatch):
     tiled = rtc.upscale(x, tile_pad=8)
     assert seen == [48]  # sqrt(budget) - 2 * tile_pad
     assert (tiled - whole).abs().mean() < 2e-3
+
+
+def test_cpu_half_precision_calls_are_capped(weights_dir, rtc):
+    """bf16 on a CPU runs in calls of at most CPU_HALF_CALL_PIXELS (faster and smaller there, see the
+    constant); fp32 and networks with whole-image statistics (tiling costs them passes) keep the budget."""
+    erfdn_bf16 = _bf16(weights_dir, "rfdn", 4)
+    side = math.isqrt(_engine.CPU_HALF_CALL_PIXELS)
+    plan = erfdn_bf16._plan(1000, 1000, 1, "auto", 24, None)
+    assert plan.tile is not None and plan.tile + 2 * 24 <= side
+    assert erfdn_bf16._plan(side, side, 1, "auto", 24, None).tile is None  # fits: whole
+    budget_side = math.isqrt(
+        _engine.CPU_BUDGET_BYTES // _engine._bytes_per_lr_pixel(erfdn_bf16.module, erfdn_bf16.dtype, 4)
+    )
+    assert budget_side > side  # else the cap tests nothing
+    assert erfdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is not None
+    imdn_bf16 = _bf16(weights_dir, "imdn", 4)  # contrast-aware channel attention: statistics passes
+    assert imdn_bf16._image_reductions and imdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None
+    assert rtc._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None  # fp32
 
 
 def test_forced_tiles_match_whole_closely(rtc):
