@@ -7,7 +7,6 @@ and the Set5 precision table run every model in the manifest with an arch_config
 from __future__ import annotations
 
 import math
-
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -312,7 +311,9 @@ def test_cpu_half_precision_calls_are_capped(weights_dir, rtc):
     assert budget_side > side  # else the cap tests nothing
     assert erfdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is not None
     imdn_bf16 = _bf16(weights_dir, "imdn", 4)  # contrast-aware channel attention: statistics passes
-    assert imdn_bf16._image_reductions and imdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None
+    assert (
+        imdn_bf16._image_reductions and imdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None
+    )
     assert rtc._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None  # fp32
 
 
