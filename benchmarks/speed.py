@@ -283,15 +283,15 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
     ):
         auto_dtype = torch.float32
     fast32 = optimize_for_inference(plain, desc, dtype=torch.float32, device=device)
-    fastauto = optimize_for_inference(plain, desc, dtype=auto_dtype, device=device)
+    # Where 'auto' resolves to fp32 it is the fp32 fast path itself: timed once, reported on both rows.
+    same = auto_dtype is torch.float32
+    fastauto = fast32 if same else optimize_for_inference(plain, desc, dtype=auto_dtype, device=device)
     s = desc.scale
     h, w = LR_SIZE[s]
     x = natural_lr(shared, h, w).to(device)
-    fns: dict[str, Callable[[], Any]] = {
-        "plain": lambda: plain(x),
-        "fast fp32": lambda: fast32(x),
-        "fast auto": lambda: fastauto(x),
-    }
+    fns: dict[str, Callable[[], Any]] = {"plain": lambda: plain(x), "fast fp32": lambda: fast32(x)}
+    if not same:
+        fns["fast auto"] = lambda: fastauto(x)
     if upscaler:
         upauto = load(case, "auto", device)
         fns["up fp32"] = lambda: up32.upscale(x)
@@ -305,6 +305,8 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
             if name not in ("plain", "fast fp32"):
                 fn()
     times = time_interleaved(fns, rounds, warmup=0, device=device)
+    if same:
+        times["fast auto"] = times["fast fp32"]
     speed = {k: paired_speedup(times["plain"], v) for k, v in times.items()}
     macs, width = count_macs(plain, x)
     pct = {}
@@ -331,9 +333,15 @@ def ablation(case: Case, device: torch.device, rounds: int, shared: Path) -> lis
     for i, p in enumerate(PASSES):
         steps.append((f"+ {p}", PASSES[: i + 1]))
     mods = {label: optimize_for_inference(plain, desc, dtype=dtype, device=device, passes=ps) for label, ps in steps}
+    # A pass that rewrote nothing leaves the previous step's network: not timed again.
+    same_as: dict[str, str] = {}
+    for (label, _), (prev, _) in zip(steps[1:], steps[:-1], strict=True):
+        if not mods[label].report.get(label[2:]):
+            same_as[label] = same_as.get(prev, prev)
     fns: dict[str, Callable[[], Any]] = {"plain": lambda: plain(x)}
-    fns.update({label: (lambda m=m: m(x)) for label, m in mods.items()})
+    fns.update({label: (lambda m=m: m(x)) for label, m in mods.items() if label not in same_as})
     times = time_interleaved(fns, rounds, device=device)
+    times.update({label: times[src] for label, src in same_as.items()})
     mp = h * w * desc.scale**2 / 1e6
     out = []
     for label, _ in steps:

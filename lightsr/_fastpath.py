@@ -2,8 +2,15 @@
 
 :func:`optimize_for_inference` traces the 0..1 module with ``torch.fx`` and rewrites the graph so it does
 the same arithmetic with fewer passes over memory. Every rewrite is generic (found by pattern, never by
-model family) and exact up to floating-point rounding; :data:`PASSES` lists them in the order they run:
+model family, but for ``inference_forms``) and exact up to floating-point rounding; :data:`PASSES` lists them in the order they run:
 
+``inference_forms``
+    Submodules that offer an ``inference_form()`` (an equivalent module that is faster to run, e.g.
+    FDIWN's shuffle attention without its channel-splitting reshape) are swapped for it before tracing:
+    the one rewrite a network asks for by name, since no graph pattern can recognise it.
+``channel_shuffle``
+    ``x.reshape(b, g, c // g, h, w).transpose(1, 2).reshape(b, c, h, w)`` -> :func:`shuffle_channels`,
+    which permutes a channels-last map in its own layout (the reshape copy would return NCHW).
 ``fold_input_scale``
     ``conv(x * 255)`` -> conv with weights x 255 (the ``NativeRange`` adapter of 0..255 checkpoints).
 ``fold_output_scale``
@@ -56,9 +63,19 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 logger = logging.getLogger("lightsr")
 
-__all__ = ["optimize_for_inference", "cpu_tile_size", "run_batched", "FastModule", "FusedConv2d", "PASSES"]
+__all__ = [
+    "optimize_for_inference",
+    "cpu_tile_size",
+    "run_batched",
+    "shuffle_channels",
+    "FastModule",
+    "FusedConv2d",
+    "PASSES",
+]
 
 PASSES = (
+    "inference_forms",
+    "channel_shuffle",
     "fold_input_scale",
     "fold_output_scale",
     "fold_scalar_mul",
@@ -821,7 +838,83 @@ def _pass_mul_add(rw: _Rewriter) -> int:
     return count
 
 
+def shuffle_channels(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Channel shuffle (output channel i is input channel ``(i % groups) * (C // groups) + i // groups``)
+    that keeps a channels-last map channels-last: one copy, in the layout the convolutions want.
+
+    Example:
+        >>> x = torch.arange(6.0).view(1, 6, 1, 1).contiguous(memory_format=torch.channels_last)
+        >>> shuffle_channels(x, 2).flatten().tolist()
+        [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+    """
+    b, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        nhwc = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, c // groups).transpose(3, 4)
+        return nhwc.reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return x.reshape(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _is_reshape(node: Any) -> bool:
+    return isinstance(node, fx.Node) and (
+        (node.op == "call_method" and node.target in ("reshape", "view"))
+        or (node.op == "call_function" and node.target is torch.reshape)
+    )
+
+
+def _swaps_axes_1_2(node: Any) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if (node.op == "call_method" and node.target == "transpose") or (
+        node.op == "call_function" and node.target is torch.transpose
+    ):
+        return sorted(d % 5 for d in node.args[1:3] if isinstance(d, int)) == [1, 2]
+    if node.op == "call_method" and node.target == "permute":
+        dims = node.args[1:] if len(node.args) > 2 else node.args[1]
+        return list(dims) == [0, 2, 1, 3, 4]
+    return False
+
+
+def _pass_channel_shuffle(rw: _Rewriter) -> int:
+    """``x.reshape(b, g, c/g, h, w).transpose(1, 2).reshape(b, c, h, w)`` -> :func:`shuffle_channels`."""
+    count = 0
+    for node in list(rw.graph.nodes):
+        if not _is_reshape(node) or not node.args or not _swaps_axes_1_2(node.args[0]):
+            continue
+        swap = node.args[0]
+        split = swap.args[0]
+        if not _is_reshape(split) or len(swap.users) != 1 or len(split.users) != 1:
+            continue
+        src, mid, out = _shape(split.args[0]), _shape(split), _shape(node)
+        if src is None or mid is None or out is None or len(src) != 4 or out != src:
+            continue
+        if len(mid) != 5 or mid[0] != src[0] or mid[1] * mid[2] != src[1] or mid[3:] != src[2:]:
+            continue
+        with rw.graph.inserting_before(node):
+            new = rw.graph.call_function(shuffle_channels, (split.args[0], int(mid[1])))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        rw.erase(node)
+        rw.erase(swap)
+        rw.erase(split)
+        count += 1
+    return count
+
+
+def _apply_inference_forms(module: nn.Module) -> int:
+    """Swap every submodule that offers ``inference_form()`` for that form, in place; how many."""
+    count = 0
+    for name, child in module.named_children():
+        form = getattr(child, "inference_form", None)
+        if callable(form):
+            setattr(module, name, form())
+            count += 1
+        else:
+            count += _apply_inference_forms(child)
+    return count
+
+
 _PASS_FUNCS: dict[str, Callable[[_Rewriter], int]] = {
+    "channel_shuffle": _pass_channel_shuffle,
     "fold_input_scale": _pass_fold_input_scale,
     "fold_output_scale": _pass_fold_output_scale,
     "fold_scalar_mul": _pass_fold_scalar_mul,
@@ -924,6 +1017,8 @@ def optimize_for_inference(
         raise ValueError(f"unknown passes {sorted(unknown)}; choose from {PASSES}")
     net = copy.deepcopy(module).to(device=device, dtype=torch.float32).eval().requires_grad_(False)
     report: dict[str, Any] = {}
+    if "inference_forms" in chosen:
+        report["inference_forms"] = _apply_inference_forms(net)
     try:
         gm = fx.symbolic_trace(net)
         with torch.no_grad():
@@ -938,16 +1033,23 @@ def optimize_for_inference(
             body = body.to(memory_format=torch.channels_last)
         return FastModule(body, dtype, device, cl, report)
     report["traced"] = True
-    if channels_last is None:
-        # channels-last is the fast convolution layout on CPU (oneDNN) and CUDA (tensor cores), but a
-        # reshape that splits or merges the channel axis (FDIWN's grouped shuffle attention, hundreds of
-        # times) cannot be a view of it: each one copies, and the layout flips back and forth.
-        channels_last = device.type != "mps" and not _reshapes_channels(gm)
-    report["channels_last"] = channels_last
     rw = _Rewriter(gm)
     for name in PASSES:
-        if name in chosen:
+        if name in chosen and name in _PASS_FUNCS:
             report[name] = _PASS_FUNCS[name](rw)
+    if channels_last is None:
+        # channels-last is the fast convolution layout on CPU (oneDNN) and CUDA (tensor cores), but a
+        # reshape that splits or merges the channel axis (left after the rewrites, e.g. with
+        # ``inference_forms`` off: FDIWN's shuffle attention, hundreds of times) cannot be a view of it:
+        # each one copies, and the layout flips back and forth.
+        channels_last = device.type != "mps" and not _reshapes_channels(gm)
+        made_cl = report.get("inference_forms") or report.get("channel_shuffle")
+        if channels_last and made_cl and device.type == "cpu" and dtype is torch.bfloat16:
+            # Measured on FDIWN x4 (docs/performance.md): in fp32 the rewrites that make channels-last
+            # possible pay (1.27x plain against 0.95x NCHW), in bf16 oneDNN's NCHW path wins (1.77x
+            # against 1.46x channels-last): its many small 1x1 convolutions are faster blocked there.
+            channels_last = False
+    report["channels_last"] = channels_last
     # Convs left without post-ops stay nn.Conv2d: PyTorch's own dispatch (oneDNN, or im2col + GEMM for
     # small fp32 convs) is as fast or faster for them (FDIWN's 24-channel convs: 1.3x faster in fp32).
     for node in gm.graph.nodes:

@@ -221,3 +221,21 @@ def test_shallow_input_quirk_changes_output() -> None:
         shifted.Sub_mean.bias.fill_(-100.0)
         x = _tiny_input() * 255
         assert not torch.allclose(raw(x), shifted(x))
+
+
+@pytest.mark.parametrize("channels", [24, 48, 96])
+def test_shuffle_attention_inference_form_is_the_same_function(channels: int) -> None:
+    """The per-channel gate (used by the fast path) against the reshape-based module it replaces;
+    random parameters and an offset, spread-out input so every branch and the GroupNorm matter."""
+    sa = fdiwn._ShuffleAttention(channels)
+    gen = torch.Generator().manual_seed(channels)
+    with torch.no_grad():
+        for p in sa.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    x = torch.randn(2, channels, 13, 17, generator=gen) * 3 + 1
+    form = sa.inference_form()
+    assert not any(True for _ in form.parameters())  # constants only: nothing to load or train
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xin = x.contiguous(memory_format=layout)
+            assert (form(xin) - sa(xin)).abs().max().item() < 1e-5

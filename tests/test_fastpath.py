@@ -253,7 +253,7 @@ class _Untraceable(nn.Module):
 def test_untraceable_network_falls_back_to_a_plain_copy():
     net = _Untraceable().eval()
     fast = optimize_for_inference(net, dtype=torch.bfloat16)
-    assert fast.report == {"traced": False}
+    assert fast.report["traced"] is False and fast.report["inference_forms"] == 0
     x = torch.rand(1, 3, 6, 6)
     with torch.no_grad():
         assert fast(x).dtype == torch.bfloat16
@@ -439,3 +439,64 @@ def test_tile_statistics_capture_sees_the_plain_modules_reductions(monkeypatch, 
     fast = optimize_for_inference(net, dtype=torch.float32, example=x[:1])
     with torch.no_grad():
         assert count_image_reductions(fast, x) == count_image_reductions(net, x) > 0
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("groups", [2, 4])
+def test_shuffle_channels_is_the_reshape_shuffle_and_keeps_the_layout(layout, groups):
+    x = torch.randn(2, 12, 5, 7).contiguous(memory_format=layout)
+    c = x.shape[1]
+    # Independent definition: output channel i is input channel (i % groups) * (c // groups) + i // groups.
+    order = [(i % groups) * (c // groups) + i // groups for i in range(c)]
+    out = _fastpath.shuffle_channels(x, groups)
+    assert torch.equal(out, x[:, order])
+    assert out.is_contiguous(memory_format=layout)
+
+
+class _Shuffled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.a(x)
+        n, c, h, w = f.shape
+        f = f.reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.b(f)
+
+
+def test_channel_shuffle_becomes_the_layout_keeping_one_and_allows_channels_last():
+    net = _Shuffled().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 3, 9, 10))
+    assert fast.report["channel_shuffle"] == 1 and fast.report["channels_last"] is True
+    assert "shuffle_channels" in _graph_ops(fast) and ".reshape" not in _graph_ops(fast)
+    _check_equal(net, fast, torch.rand(2, 3, 11, 6))
+    kept = optimize_for_inference(net, dtype=torch.float32, passes=[p for p in PASSES if p != "channel_shuffle"])
+    assert kept.report["channels_last"] is False  # the copy-making reshape stays: NCHW is chosen
+    _check_equal(net, kept, torch.rand(1, 3, 8, 8))
+
+
+class _Gated(nn.Module):
+    """A block offering an inference form (as FDIWN's shuffle attention does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def inference_form(self) -> nn.Module:
+        return _Doubled()
+
+
+class _Doubled(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x
+
+
+def test_inference_forms_are_swapped_in_and_the_original_is_untouched():
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Sequential(_Gated()), _Gated()).eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 3, 4, 4))
+    assert fast.report["inference_forms"] == 2
+    assert isinstance(net[2], _Gated) and isinstance(net[1][0], _Gated)
+    _check_equal(net, fast, torch.rand(1, 3, 5, 5))
+    off = optimize_for_inference(net, dtype=torch.float32, passes=[p for p in PASSES if p != "inference_forms"])
+    assert "inference_forms" not in off.report

@@ -147,6 +147,45 @@ class _ShuffleAttention(nn.Module):
         out = torch.cat([xn, xs], dim=1).reshape(b, c, h, w)
         return _channel_shuffle(out, 2)
 
+    def inference_form(self) -> nn.Module:
+        """The same function without splitting the channel axis (which channels-last cannot view).
+
+        Each channel c is gated by its own statistics: ``x * sigmoid(a_c * (x - mean_c) + p_c * mean_c
+        + q_c)`` with ``a_c = r_c / sqrt(var_c + eps)``: the channel half of a group has ``r = 0``
+        (``cweight * mean + cbias``), the spatial half ``p = 0`` (the GroupNorm of one channel per
+        group, folded with ``sweight`` and ``sbias``). Used by lightsr's inference rewrite.
+        """
+        k = self.cweight.numel()
+        cw, cb, sw, sb = (t.detach().reshape(k) for t in (self.cweight, self.cbias, self.sweight, self.sbias))
+        gw, gb = self.gn.weight.detach(), self.gn.bias.detach()
+        zeros = torch.zeros_like(cw)
+        return _ChannelGate(
+            mean_coef=torch.cat([cw, zeros]).repeat(self.groups),
+            const=torch.cat([cb, sw * gb + sb]).repeat(self.groups),
+            norm_coef=torch.cat([zeros, sw * gw]).repeat(self.groups),
+            eps=self.gn.eps,
+        )
+
+
+class _ChannelGate(nn.Module):
+    """Shuffle attention in per-channel form (see :meth:`_ShuffleAttention.inference_form`)."""
+
+    def __init__(self, mean_coef: torch.Tensor, const: torch.Tensor, norm_coef: torch.Tensor, eps: float):
+        super().__init__()
+        self.register_buffer("mean_coef", mean_coef.reshape(1, -1, 1, 1).clone())
+        self.register_buffer("const", const.reshape(1, -1, 1, 1).clone())
+        self.register_buffer("norm_coef", norm_coef.reshape(1, -1, 1, 1).clone())
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True)
+        # a * (x - mean), not a * x - a * mean: a is large where a channel's variance is small, and
+        # in bf16 the two products would cancel to rounding noise.
+        gain = self.norm_coef * torch.rsqrt(var + self.eps)
+        logits = (x - mean) * gain + (self.mean_coef * mean + self.const)
+        return _channel_shuffle(x * torch.sigmoid(logits), 2)
+
 
 class _SRBW1(nn.Module):
     """Residual block, width n -> n: 1x1 expand, ReLU, 1x1 squeeze to n/2, 3x3 back to n, attention."""
