@@ -500,3 +500,15 @@ def test_inference_forms_are_swapped_in_and_the_original_is_untouched():
     _check_equal(net, fast, torch.rand(1, 3, 5, 5))
     off = optimize_for_inference(net, dtype=torch.float32, passes=[p for p in PASSES if p != "inference_forms"])
     assert "inference_forms" not in off.report
+
+
+def test_bf16_on_cpu_keeps_nchw_where_rewrites_were_needed_for_channels_last():
+    """Measured on FDIWN (docs/performance.md): channels-last pays in fp32 there, NCHW in bf16."""
+    net = _Shuffled().eval()
+    x = torch.rand(1, 3, 9, 10)
+    bf16 = optimize_for_inference(net, dtype=torch.bfloat16, example=x)
+    assert bf16.report["channel_shuffle"] == 1 and bf16.report["channels_last"] is False
+    plain = optimize_for_inference(_Head().eval(), dtype=torch.bfloat16)  # no reshapes: channels-last
+    assert plain.report["channels_last"] is True
+    with torch.no_grad():
+        assert (bf16(x).float() - net(x)).abs().max() < 0.05
