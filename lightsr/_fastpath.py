@@ -2,7 +2,8 @@
 
 :func:`optimize_for_inference` traces the 0..1 module with ``torch.fx`` and rewrites the graph so it does
 the same arithmetic with fewer passes over memory. Every rewrite is generic (found by pattern, never by
-model family, but for ``inference_forms``) and exact up to floating-point rounding; :data:`PASSES` lists them in the order they run:
+model family, but for ``inference_forms``) and exact up to floating-point rounding; :data:`PASSES` lists
+them in the order they run:
 
 ``inference_forms``
     Submodules that offer an ``inference_form()`` (an equivalent module that is faster to run, e.g.
@@ -957,10 +958,7 @@ class FastModule(nn.Module):
 def _reshapes_channels(gm: fx.GraphModule) -> bool:
     """Whether the graph reshapes a 4-D feature map so that its channel axis is split or merged."""
     for node in gm.graph.nodes:
-        is_reshape = (node.op == "call_method" and node.target in ("reshape", "view")) or (
-            node.op == "call_function" and node.target is torch.reshape
-        )
-        if not is_reshape or not node.args:
+        if not _is_reshape(node) or not node.args:
             continue
         src, out = _shape(node.args[0]), _shape(node)
         if src is not None and out is not None and len(src) == 4 and (len(out) != 4 or out[:2] != src[:2]):
