@@ -37,6 +37,10 @@ them in the order they run:
     activation after the sum runs in place on it.
 ``mul_add``
     ``x * a + y`` (attention-weighted residuals) -> ``torch.addcmul(y, x, a)``: one pass instead of two.
+``channel_affine``
+    ``x * a + b``, ``x + b``, ``x - b`` with per-channel ``a``, ``b`` (N x C x 1 x 1: statistics-based
+    gates, biases) -> :func:`channel_affine`, which runs them as a depthwise 1x1 convolution where
+    PyTorch's broadcasting kernels are slow (bf16 channels-last on the CPU: about 10x).
 
 Weights are cast once to the compute dtype and stored channels-last; the input is converted once. On a
 CPU in fp32/bf16, convolutions run through ``torch.ops.mkldnn._convolution_pointwise``; elsewhere
@@ -69,6 +73,7 @@ __all__ = [
     "cpu_tile_size",
     "run_batched",
     "shuffle_channels",
+    "channel_affine",
     "FastModule",
     "FusedConv2d",
     "PASSES",
@@ -86,6 +91,7 @@ PASSES = (
     "fuse_unary",
     "fuse_add",
     "mul_add",
+    "channel_affine",
 )
 # Rows (pixels) of a channels-last map reduced at once by the statistics helpers: 512 px x 64 ch in fp32
 # is 128 KB, inside a core's L2, so each chunk is read from memory once and then worked on in cache.
@@ -810,7 +816,11 @@ def _inplace_act(t: torch.Tensor, attr: str, scalars: tuple[float, ...], algorit
 
 
 def _pass_mul_add(rw: _Rewriter) -> int:
-    """``x * a + y`` with the product used only by the sum -> ``torch.addcmul(y, x, a)`` (one pass)."""
+    """``x * a + y`` with the product used only by the sum -> ``torch.addcmul(y, x, a)`` (one pass).
+
+    ``a`` and ``y`` may broadcast (attention vectors, per-channel biases: FDIWN's gate logits
+    ``(x - mean) * gain + bias``) as long as ``x`` has the sum's full shape.
+    """
     count, graph = 0, rw.graph
     for node in list(graph.nodes):
         if not _is_add(node):
@@ -819,7 +829,7 @@ def _pass_mul_add(rw: _Rewriter) -> int:
         for prod, y in (node.args, node.args[::-1]):
             if not isinstance(prod, fx.Node) or not _is_mul(prod) or len(prod.users) != 1 or prod is y:
                 continue
-            if not isinstance(y, fx.Node) or _shape(y) != out or out is None:
+            if not isinstance(y, fx.Node) or out is None or _shape(prod) != out:
                 continue
             x, a = prod.args
             if not (isinstance(x, fx.Node) and isinstance(a, fx.Node)):
@@ -827,7 +837,7 @@ def _pass_mul_add(rw: _Rewriter) -> int:
             if _shape(x) != out and _shape(a) == out:
                 x, a = a, x
             if _shape(x) != out:
-                continue  # only the multiplier may broadcast: the result must have y's shape
+                continue  # x must set the result's shape: addcmul writes a new tensor of it
             with graph.inserting_before(node):
                 new = graph.call_function(torch.addcmul, (y, x, a))
             new.meta = dict(node.meta)
@@ -836,6 +846,80 @@ def _pass_mul_add(rw: _Rewriter) -> int:
             rw.erase(prod)
             count += 1
             break
+    return count
+
+
+def channel_affine(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor) -> torch.Tensor:
+    """``x * scale + shift`` for an N x C x H x W map and per-channel (N or 1) x C x 1 x 1 ``scale``
+    (None: 1) and ``shift``, in whichever form is fastest for the map's dtype and layout.
+
+    Example:
+        >>> x = torch.rand(1, 2, 3, 3)
+        >>> a, b = torch.rand(1, 2, 1, 1), torch.rand(1, 2, 1, 1)
+        >>> torch.allclose(channel_affine(x, a, b), x * a + b)
+        True
+    """
+    c = x.shape[1]
+    one_set = shift.shape[0] == 1 and (scale is None or scale.shape[0] == 1)
+    if (
+        x.device.type == "cpu"
+        and x.dtype is torch.bfloat16
+        and one_set
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        # PyTorch's bf16 broadcast add / addcmul on a channels-last map run about 10x slower than a
+        # depthwise 1x1 convolution doing the same (24x180x320: 1.1-1.3 ms against 0.11 ms, AMD EPYC);
+        # oneDNN accumulates in fp32 and rounds once, like the elementwise kernels.
+        weight = torch.ones(c, 1, 1, 1, dtype=x.dtype) if scale is None else scale.reshape(c, 1, 1, 1)
+        return F.conv2d(x, weight.to(x.dtype), shift.reshape(c).to(x.dtype), groups=c)
+    if scale is None:
+        return x + shift
+    if x.is_contiguous():
+        return x * scale + shift  # NCHW: two passes beat broadcast addcmul (fp32 0.15 vs 0.55 ms)
+    return torch.addcmul(shift, x, scale)
+
+
+def _per_channel(node: Any, full: tuple[int, ...]) -> bool:
+    """Whether ``node`` is an (N or 1) x C x 1 x 1 tensor for a ``full`` N x C x H x W map."""
+    shape = _shape(node)
+    return shape is not None and len(full) == 4 and len(shape) == 4 and shape[1] == full[1] and shape[2:] == (1, 1) \
+        and shape[0] in (1, full[0])
+
+
+def _pass_channel_affine(rw: _Rewriter) -> int:
+    """``addcmul(b, x, a)``, ``x + b``, ``x - b`` with per-channel ``a``, ``b`` -> :func:`channel_affine`."""
+    count, graph = 0, rw.graph
+    for node in list(graph.nodes):
+        out = _shape(node)
+        if out is None or len(out) != 4:
+            continue
+        if node.op == "call_function" and node.target is torch.addcmul and len(node.args) == 3 and not node.kwargs:
+            shift, x, scale = node.args
+            if _shape(x) != out and _shape(scale) == out:
+                x, scale = scale, x
+            if _shape(x) != out or not (_per_channel(scale, out) and _per_channel(shift, out)):
+                continue
+            args: tuple[Any, ...] = (x, scale, shift)
+        elif _is_add(node) or _is_binary(node, (operator.sub, torch.sub), "sub"):
+            x, shift = node.args
+            if _is_add(node) and _shape(x) != out:
+                x, shift = shift, x
+            if not isinstance(x, fx.Node) or _shape(x) != out or not _per_channel(shift, out):
+                continue
+            if not _is_add(node):
+                with graph.inserting_before(node):
+                    shift = graph.call_function(operator.neg, (shift,))
+                shift.meta = dict(node.args[1].meta)  # type: ignore[union-attr]
+            args = (x, None, shift)
+        else:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(channel_affine, args)
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        rw.erase(node)
+        count += 1
     return count
 
 
@@ -925,6 +1009,7 @@ _PASS_FUNCS: dict[str, Callable[[_Rewriter], int]] = {
     "fuse_unary": _pass_fuse_unary,
     "fuse_add": _pass_fuse_add,
     "mul_add": _pass_mul_add,
+    "channel_affine": _pass_channel_affine,
 }
 
 

@@ -239,3 +239,25 @@ def test_shuffle_attention_inference_form_is_the_same_function(channels: int) ->
         for layout in (torch.contiguous_format, torch.channels_last):
             xin = x.contiguous(memory_format=layout)
             assert (form(xin) - sa(xin)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("block", ["_SRBW1", "_SRBW", "_SRBW2"])
+def test_block_inference_form_folds_the_shuffle_into_the_last_conv(block: str) -> None:
+    """Each residual block's form (gate without shuffle, last body conv's outputs permuted) computes the
+    block itself; the block it came from is untouched, and asking the form again changes nothing."""
+    net = getattr(fdiwn, block)(24, 36)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(2, 24, 11, 14, generator=gen) * 3 + 1
+    form = net.inference_form()
+    assert isinstance(form.SAlayer, fdiwn._ChannelGate) and form.SAlayer.shuffle is False
+    assert form.inference_form() is form
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xin = x.contiguous(memory_format=layout)
+            ref = net(xin)
+            assert (form(xin) - ref).abs().max().item() < 1e-4 * ref.abs().max().item()

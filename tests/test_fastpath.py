@@ -20,7 +20,15 @@ from torch import nn
 
 import lightsr
 from lightsr import _fastpath
-from lightsr._fastpath import PASSES, FastModule, FusedConv2d, cpu_tile_size, optimize_for_inference, run_batched
+from lightsr._fastpath import (
+    PASSES,
+    FastModule,
+    FusedConv2d,
+    channel_affine,
+    cpu_tile_size,
+    optimize_for_inference,
+    run_batched,
+)
 from lightsr._zoo import ModelDescriptor, records
 from lightsr.archs import NativeRange
 
@@ -424,6 +432,53 @@ def test_attention_weighted_residual_becomes_addcmul():
     assert fast.report["mul_add"] == 1
     assert "addcmul" in _graph_ops(fast) and "mul" not in _graph_ops(fast)
     _check_equal(net, fast, torch.rand(2, 4, 12, 7))
+
+
+class _Gate(nn.Module):
+    """A statistics-driven per-channel gate, as in FDIWN's shuffle attention: x * sigmoid(a(x - m) + b)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 6, 3, padding=1)
+        self.bias = nn.Parameter(torch.randn(1, 6, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(x)
+        m = y.mean(dim=(2, 3), keepdim=True)
+        gain = torch.rsqrt(((y - m) ** 2).mean(dim=(2, 3), keepdim=True) + 1e-5)
+        return y * torch.sigmoid((y - m) * gain + self.bias)
+
+
+def test_per_channel_affines_become_channel_affine():
+    net = _Gate().eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 4, 9, 10))
+    assert fast.report["mul_add"] >= 1 and fast.report["channel_affine"] >= 2
+    assert _graph_ops(fast).count("channel_affine") == fast.report["channel_affine"]
+    _check_equal(net, fast, torch.rand(2, 4, 12, 7))
+    bf16 = optimize_for_inference(net, dtype=torch.bfloat16, example=torch.rand(1, 4, 9, 10))
+    x = torch.rand(1, 4, 16, 12)
+    with torch.no_grad():
+        assert (bf16(x).float() - net(x)).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("batch_stats", [1, 3])
+def test_channel_affine_matches_the_broadcast_formula(dtype, layout, batch_stats):
+    """Every branch (depthwise conv for one set of bf16 channels-last coefficients, per-image
+    coefficients, NCHW, shift only) against x * a + b computed in float64 from the same inputs."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 5, 7, 9, generator=gen) * 4).to(dtype).contiguous(memory_format=layout)
+    a = torch.randn(batch_stats, 5, 1, 1, generator=gen).to(dtype)
+    b = torch.randn(batch_stats, 5, 1, 1, generator=gen).to(dtype)
+    for scale in (a, None):
+        out = channel_affine(x, scale, b)
+        prod = x.double() * (1 if scale is None else scale.double())
+        ref = prod + b.double()
+        # bf16 (8 significant bits): at most two roundings (product, sum), each within 2^-8 of what it rounds
+        tol = 1e-5 if dtype is torch.float32 else 2**-7 * (prod.abs() + b.double().abs()).max().item()
+        assert out.dtype == dtype and out.shape == x.shape
+        assert (out.double() - ref).abs().max().item() < tol
 
 
 @pytest.mark.parametrize("net", [_CCA(), _MulAdd()], ids=["cca", "muladd"])

@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -168,14 +169,20 @@ class _ShuffleAttention(nn.Module):
 
 
 class _ChannelGate(nn.Module):
-    """Shuffle attention in per-channel form (see :meth:`_ShuffleAttention.inference_form`)."""
+    """Shuffle attention in per-channel form (see :meth:`_ShuffleAttention.inference_form`).
 
-    def __init__(self, mean_coef: torch.Tensor, const: torch.Tensor, norm_coef: torch.Tensor, eps: float):
+    ``shuffle`` False: the final channel shuffle was folded into the producer (:func:`_fold_shuffle`).
+    """
+
+    def __init__(
+        self, mean_coef: torch.Tensor, const: torch.Tensor, norm_coef: torch.Tensor, eps: float, shuffle: bool = True
+    ):
         super().__init__()
         self.register_buffer("mean_coef", mean_coef.reshape(1, -1, 1, 1).clone())
         self.register_buffer("const", const.reshape(1, -1, 1, 1).clone())
         self.register_buffer("norm_coef", norm_coef.reshape(1, -1, 1, 1).clone())
         self.eps = eps
+        self.shuffle = shuffle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
@@ -184,10 +191,48 @@ class _ChannelGate(nn.Module):
         # in bf16 the two products would cancel to rounding noise.
         gain = self.norm_coef * torch.rsqrt(var + self.eps)
         logits = (x - mean) * gain + (self.mean_coef * mean + self.const)
-        return _channel_shuffle(x * torch.sigmoid(logits), 2)
+        out = x * torch.sigmoid(logits)
+        return _channel_shuffle(out, 2) if self.shuffle else out
 
 
-class _SRBW1(nn.Module):
+def _shuffle_order(channels: int, groups: int) -> torch.Tensor:
+    """Input channel of each output channel of ``_channel_shuffle``: ``(i % g) * (C // g) + i // g``."""
+    i = torch.arange(channels)
+    return (i % groups) * (channels // groups) + i // groups
+
+
+def _fold_shuffle(conv: nn.Conv2d, gate: _ChannelGate) -> tuple[nn.Conv2d, _ChannelGate]:
+    """``shuffle(gate(conv(x)))`` -> ``gate'(conv'(x))``: the gate works channel by channel, so the
+    shuffle can permute the conv's output channels and the gate's coefficients instead of the feature map.
+    """
+    order = _shuffle_order(conv.out_channels, 2)
+    new_conv = _conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], bias=conv.bias is not None)
+    new_conv.weight.data = conv.weight.detach()[order].clone()
+    if conv.bias is not None:
+        new_conv.bias.data = conv.bias.detach()[order].clone()
+    flat = (gate.mean_coef.flatten()[order], gate.const.flatten()[order], gate.norm_coef.flatten()[order])
+    return new_conv, _ChannelGate(*flat, eps=gate.eps, shuffle=False)
+
+
+class _GatedBlock(nn.Module):
+    """Base of the residual blocks whose ``body`` (ending in a convolution) feeds a shuffle attention."""
+
+    body: nn.Sequential
+    SAlayer: nn.Module
+
+    def inference_form(self) -> nn.Module:
+        """This block with its shuffle attention as a per-channel gate and the gate's channel shuffle
+        folded into the last convolution of ``body`` (its output channels permuted): one full-size copy
+        less per block. Used by lightsr's inference rewrite.
+        """
+        if not isinstance(self.SAlayer, _ShuffleAttention):
+            return self
+        form = copy.deepcopy(self)
+        form.body[-1], form.SAlayer = _fold_shuffle(self.body[-1], self.SAlayer.inference_form())
+        return form
+
+
+class _SRBW1(_GatedBlock):
     """Residual block, width n -> n: 1x1 expand, ReLU, 1x1 squeeze to n/2, 3x3 back to n, attention."""
 
     def __init__(self, n: int, hidden: int):
@@ -203,7 +248,7 @@ class _SRBW1(nn.Module):
         return self.res_scale(self.SAlayer(self.body(x))) + self.x_scale(x)
 
 
-class _SRBW(nn.Module):
+class _SRBW(_GatedBlock):
     """Residual block, width n -> 2n, with a plain 3x3 convolution on the skip path."""
 
     def __init__(self, n: int, hidden: int):
@@ -220,7 +265,7 @@ class _SRBW(nn.Module):
         return self.res_scale(self.SAlayer(self.body(x))) + self.x_scale(self.conv(x))
 
 
-class _SRBW2(nn.Module):
+class _SRBW2(_GatedBlock):
     """Residual block, width n -> n/2, with a plain 3x3 convolution on the skip path."""
 
     def __init__(self, n: int, hidden: int):
