@@ -883,8 +883,9 @@ def channel_affine(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Ten
 def _per_channel(node: Any, full: tuple[int, ...]) -> bool:
     """Whether ``node`` is an (N or 1) x C x 1 x 1 tensor for a ``full`` N x C x H x W map."""
     shape = _shape(node)
-    return shape is not None and len(full) == 4 and len(shape) == 4 and shape[1] == full[1] and shape[2:] == (1, 1) \
-        and shape[0] in (1, full[0])
+    if shape is None or len(shape) != 4 or len(full) != 4:
+        return False
+    return shape[1] == full[1] and shape[2:] == (1, 1) and shape[0] in (1, full[0])
 
 
 def _pass_channel_affine(rw: _Rewriter) -> int:
