@@ -343,6 +343,10 @@ def _is_mul(node: fx.Node) -> bool:
     return _is_binary(node, (operator.mul, torch.mul), "mul")
 
 
+def _is_sub(node: fx.Node) -> bool:
+    return _is_binary(node, (operator.sub, torch.sub), "sub")
+
+
 def _is_pixel_shuffle(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return type(modules.get(str(node.target))) is nn.PixelShuffle
@@ -598,7 +602,7 @@ def _pass_spatial_stats(rw: _Rewriter) -> int:
             continue
         found = None
         for d in list(node.users):
-            if not (_is_binary(d, (operator.sub, torch.sub), "sub") and d.args == (x, node) and len(d.users) == 1):
+            if not (_is_sub(d) and d.args == (x, node) and len(d.users) == 1):
                 continue
             sq = next(iter(d.users))
             if _square_of(sq) is not d or len(sq.users) != 1:
@@ -902,13 +906,14 @@ def _pass_channel_affine(rw: _Rewriter) -> int:
             if _shape(x) != out or not (_per_channel(scale, out) and _per_channel(shift, out)):
                 continue
             args: tuple[Any, ...] = (x, scale, shift)
-        elif _is_add(node) or _is_binary(node, (operator.sub, torch.sub), "sub"):
+        elif _is_add(node) or _is_sub(node):
+            is_add = _is_add(node)
             x, shift = node.args
-            if _is_add(node) and _shape(x) != out:
+            if is_add and _shape(x) != out:
                 x, shift = shift, x
             if not isinstance(x, fx.Node) or _shape(x) != out or not _per_channel(shift, out):
                 continue
-            if not _is_add(node):
+            if not is_add:
                 with graph.inserting_before(node):
                     shift = graph.call_function(operator.neg, (shift,))
                 shift.meta = dict(node.args[1].meta)  # type: ignore[union-attr]

@@ -196,9 +196,8 @@ class _ChannelGate(nn.Module):
 
 
 def _shuffle_order(channels: int, groups: int) -> torch.Tensor:
-    """Input channel of each output channel of ``_channel_shuffle``: ``(i % g) * (C // g) + i // g``."""
-    i = torch.arange(channels)
-    return (i % groups) * (channels // groups) + i // groups
+    """Input channel of each output channel of ``_channel_shuffle`` (read off the function itself)."""
+    return _channel_shuffle(torch.arange(channels).view(1, channels, 1, 1), groups).flatten()
 
 
 def _fold_shuffle(conv: nn.Conv2d, gate: _ChannelGate) -> tuple[nn.Conv2d, _ChannelGate]:
@@ -206,10 +205,11 @@ def _fold_shuffle(conv: nn.Conv2d, gate: _ChannelGate) -> tuple[nn.Conv2d, _Chan
     shuffle can permute the conv's output channels and the gate's coefficients instead of the feature map.
     """
     order = _shuffle_order(conv.out_channels, 2)
-    new_conv = _conv(conv.in_channels, conv.out_channels, conv.kernel_size[0], bias=conv.bias is not None)
-    new_conv.weight.data = conv.weight.detach()[order].clone()
-    if conv.bias is not None:
-        new_conv.bias.data = conv.bias.detach()[order].clone()
+    new_conv = copy.deepcopy(conv)
+    with torch.no_grad():
+        new_conv.weight.copy_(conv.weight[order])
+        if conv.bias is not None:
+            new_conv.bias.copy_(conv.bias[order])
     flat = (gate.mean_coef.flatten()[order], gate.const.flatten()[order], gate.norm_coef.flatten()[order])
     return new_conv, _ChannelGate(*flat, eps=gate.eps, shuffle=False)
 
