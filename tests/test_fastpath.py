@@ -131,14 +131,15 @@ def test_scalar_and_per_channel_multipliers_fold_into_weights():
 class _Distill(nn.Module):
     """IMDN's distillation step: conv -> activation -> split along channels, parts used separately."""
 
-    def __init__(self):
+    def __init__(self, width: int = 32, kept: int = 16):
         super().__init__()
-        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.c3 = nn.Conv2d(10, 8, 1)
+        self.kept = kept
+        self.c1 = nn.Conv2d(8, width, 3, padding=1)
+        self.c2 = nn.Conv2d(width - kept, width, 3, padding=1)
+        self.c3 = nn.Conv2d(kept + width // 2 + 4, 8, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d1, r1 = torch.split(F.leaky_relu(self.c1(x), 0.05), (2, 6), dim=1)
+        d1, r1 = torch.split(F.leaky_relu(self.c1(x), 0.05), (self.kept, self.c2.in_channels), dim=1)
         d2, r2 = self.c2(r1).chunk(2, dim=1)
         return self.c3(torch.cat([d1, d2, r2[:, :4]], dim=1)) + x
 
@@ -150,6 +151,21 @@ def test_split_of_a_conv_output_becomes_one_conv_per_part():
     ops = _graph_ops(fast)
     assert "split" not in ops and ".chunk" not in ops
     _check_equal(net, fast, torch.rand(2, 8, 11, 12))
+
+
+def test_split_that_needs_more_channel_blocks_stays_one_conv():
+    # 12 -> 3 + 9 would run two convolutions that each cost as much as the whole (IMDN-RTC);
+    # the 32 -> 16 + 16 chunk after it costs no extra block and is still split.
+    net = _Distill(width=32, kept=3).eval()
+    fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 8, 9, 10))
+    assert fast.report["split_conv"] == 1
+    assert "split" in _graph_ops(fast) and ".chunk" not in _graph_ops(fast)
+    _check_equal(net, fast, torch.rand(2, 8, 11, 12))
+
+
+@pytest.mark.parametrize(("sizes", "pays"), [((16, 48), True), ((5, 15), True), ((3, 9), False), ((5, 10), False)])
+def test_split_pays_counts_16_channel_blocks(sizes, pays):
+    assert _fastpath._split_pays(sizes) is pays
 
 
 class _CCA(nn.Module):
