@@ -62,6 +62,11 @@ LR_SIZE = {2: (360, 640), 3: (240, 427), 4: (180, 320)}
 # of scheduler slices, so machine noise averages out inside it, and the second round of the slowest
 # models (FDIWN x2: 24 s) was a sixth of the benchmark's time.
 LONG_ROUND_S = 5.0
+# A short round is repeated until the timed rounds take about this long (up to MAX_ROUNDS): two pairs of
+# one-second calls moved ratios by up to 20% between runs on a shared 2-core machine, and a median of
+# four or five pairs costs a few seconds per row.
+SHORT_ROWS_TIMING_S = 6.0
+MAX_ROUNDS = 5
 DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -319,8 +324,11 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
             if name not in ("plain", "fast fp32"):
                 fn()
         synchronize(device)
-    if time.perf_counter() - t0 > LONG_ROUND_S:
+    round_s = time.perf_counter() - t0
+    if round_s > LONG_ROUND_S:
         rounds = 1
+    else:
+        rounds = max(rounds, min(MAX_ROUNDS, int(SHORT_ROWS_TIMING_S / round_s)))
     times = time_interleaved(fns, rounds, warmup=0, device=device)
     if same:
         times["fast auto"] = times["fast fp32"]
@@ -448,7 +456,7 @@ def write_json(
                 "model": model, "scale": int(scale), "precision": precision, "variant": variant,
                 "input": [r.lr[1], r.lr[0]], "ms": round(1000 * statistics.median(r.times[variant]), 2),
                 "speedup": round(r.speedup[variant], 3), "gmac": round(r.gmac, 3),
-                "percent_of_peak": round(r.pct_peak[variant], 1),
+                "percent_of_peak": round(r.pct_peak[variant], 1), "rounds": len(r.times[variant]),
                 "output_mp_per_s": round(r.out_mp / statistics.median(r.times[variant]), 3),
             })
             if variant == "fast fp32":
@@ -502,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("## Machine\n")
     print(fmt_table(["", ""], machine_info(device).items()))
     print(f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round; 1 where a round takes over "
-          f"{LONG_ROUND_S:.0f} s); ratios are medians of per-round ratios\n")
+          f"{LONG_ROUND_S:.0f} s, up to {MAX_ROUNDS} where {SHORT_ROWS_TIMING_S:.0f} s of timing allows); ratios are "
+          "medians of per-round ratios\n")
 
     print("## Throughput (output megapixels per second; x = speed-up over plain)\n", flush=True)
     header = ["model", "LR in", "GMAC", "plain MP/s", "fast fp32", "max abs d", "auto", "fast auto", "dPSNR Set5"]
@@ -528,7 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
-    extra: dict[str, Any] = {"long_round_s": LONG_ROUND_S}
+    extra: dict[str, Any] = {
+        "long_round_s": LONG_ROUND_S, "short_rows_timing_s": SHORT_ROWS_TIMING_S, "max_rounds": MAX_ROUNDS
+    }
     peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
     extra["conv_peaks_gflops"] = [
         {"width": w, "precision": DTYPE_NAME[d], "gflops": round(_PEAK_CACHE[(w, d, str(device))] / 1e9, 1)}
