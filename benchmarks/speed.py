@@ -58,9 +58,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = Path(os.environ.get("LIGHTSR_SHARED", REPO.parent / "shared"))
 # LR input per scale: 1280x720 output for x4, 1280x720 for x2, 1281x720 for x3 (H, W).
 LR_SIZE = {2: (360, 640), 3: (240, 427), 4: (180, 320)}
-# A round (one call of every variant) longer than this is timed once: each call then spans thousands
-# of scheduler slices, so machine noise averages out inside it, and the second round of the slowest
-# models (FDIWN x2: 24 s) was a sixth of the benchmark's time.
+# A round (one call of every variant) longer than this is timed once more after the (timed) warm-up
+# round, instead of twice: a further round of the slowest models (FDIWN x2: 24 s) was a sixth of the
+# benchmark's time.
 LONG_ROUND_S = 5.0
 # A short round is repeated until the timed rounds take about this long (up to MAX_ROUNDS): two pairs of
 # one-second calls moved ratios by up to 20% between runs on a shared 2-core machine, and a median of
@@ -314,22 +314,33 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
         upauto = load(case, "auto", device)
         fns["up fp32"] = lambda: up32.upscale(x)
         fns["up auto"] = lambda: upauto.upscale(x)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        ref = plain(x)
-        max_diff = float((fast32(x).float() - ref).abs().max())
-        # These calls are every variant's warm-up (plain and fast fp32 just ran): a warm-up round
-        # more would cost a third of the benchmark's time (FDIWN x2: 26 s) and change nothing.
+    # The first call of every variant is its warm-up (a warm-up round more would cost a third of the
+    # benchmark's time: FDIWN x2, 26 s); it is timed too, and plain's and fast fp32's outputs are compared.
+    warm: dict[str, float] = {}
+    with torch.inference_mode():
         for name, fn in fns.items():
-            if name not in ("plain", "fast fp32"):
-                fn()
-        synchronize(device)
-    round_s = time.perf_counter() - t0
+            synchronize(device)
+            t0 = time.perf_counter()
+            out = fn()
+            synchronize(device)
+            warm[name] = time.perf_counter() - t0
+            if name == "plain":
+                ref = out
+            elif name == "fast fp32":
+                max_diff = float((out.float() - ref).abs().max())
+        del ref, out
+    round_s = sum(warm.values())
     if round_s > LONG_ROUND_S:
+        # One timed round, and the warm-up round counts as a second: in calls this long the first call's
+        # set-up (oneDNN primitives, first allocations) measured 1-2% (rlfn x2, fdiwn x3), well inside
+        # the noise that a single pair of calls leaves (fdiwn x3 fp32: 0.98x in one run, 1.21-1.26x in others).
         rounds = 1
     else:
         rounds = max(rounds, min(MAX_ROUNDS, int(SHORT_ROWS_TIMING_S / round_s)))
     times = time_interleaved(fns, rounds, warmup=0, device=device)
+    if round_s > LONG_ROUND_S:
+        for name, seconds in warm.items():
+            times[name].insert(0, seconds)
     if same:
         times["fast auto"] = times["fast fp32"]
     speed = {k: paired_speedup(times["plain"], v) for k, v in times.items()}
@@ -509,9 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("## Machine\n")
     print(fmt_table(["", ""], machine_info(device).items()))
-    print(f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round; 1 where a round takes over "
-          f"{LONG_ROUND_S:.0f} s, up to {MAX_ROUNDS} where {SHORT_ROWS_TIMING_S:.0f} s of timing allows); ratios are "
-          "medians of per-round ratios\n")
+    print(f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round; where a round takes over "
+          f"{LONG_ROUND_S:.0f} s, the warm-up round and 1 more; up to {MAX_ROUNDS} where {SHORT_ROWS_TIMING_S:.0f} s "
+          "of timing allows); ratios are medians of per-round ratios\n")
 
     print("## Throughput (output megapixels per second; x = speed-up over plain)\n", flush=True)
     header = ["model", "LR in", "GMAC", "plain MP/s", "fast fp32", "max abs d", "auto", "fast auto", "dPSNR Set5"]
@@ -538,7 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
     extra: dict[str, Any] = {
-        "long_round_s": LONG_ROUND_S, "short_rows_timing_s": SHORT_ROWS_TIMING_S, "max_rounds": MAX_ROUNDS
+        "long_round_s": LONG_ROUND_S, "long_rows_time_warmup": True, "short_rows_timing_s": SHORT_ROWS_TIMING_S,
+        "max_rounds": MAX_ROUNDS,
     }
     peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
     extra["conv_peaks_gflops"] = [

@@ -943,7 +943,15 @@ def gen_speed_table(page: Path) -> str:
         "Measured by `python benchmarks/speed.py` on "
         + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("device",))
         + f"; {data.get('rounds', '?')} timed rounds per variant, interleaved, after a warm-up round"
-        + (f" (1 where a round takes over {data['long_round_s']:g} s" if "long_round_s" in data else "")
+        + (
+            (
+                f" (where a round takes over {data['long_round_s']:g} s, the warm-up round timed and 1 more"
+                if data.get("long_rows_time_warmup")
+                else f" (1 where a round takes over {data['long_round_s']:g} s"
+            )
+            if "long_round_s" in data
+            else ""
+        )
         + (
             f", up to {data['max_rounds']} where {data['short_rows_timing_s']:g} s of timing allows"
             if "max_rounds" in data
