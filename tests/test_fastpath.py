@@ -154,8 +154,9 @@ def test_split_of_a_conv_output_becomes_one_conv_per_part():
 
 
 def test_split_that_needs_more_channel_blocks_stays_one_conv():
-    # 12 -> 3 + 9 would run two convolutions that each cost as much as the whole (IMDN-RTC);
-    # the 32 -> 16 + 16 chunk after it costs no extra block and is still split.
+    # 32 -> 3 + 29 needs 3 blocks of 16 output channels where the whole needs 2 (like IMDN-RTC's
+    # 12 -> 3 + 9: two convolutions that each cost as much as the whole); the 32 -> 16 + 16 chunk after
+    # it costs no extra block and is still split.
     net = _Distill(width=32, kept=3).eval()
     fast = optimize_for_inference(net, dtype=torch.float32, example=torch.rand(1, 8, 9, 10))
     assert fast.report["split_conv"] == 1
