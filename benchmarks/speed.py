@@ -330,7 +330,8 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
                 max_diff = float((out.float() - ref).abs().max())
         del ref, out
     round_s = sum(warm.values())
-    if round_s > LONG_ROUND_S:
+    long_row = round_s > LONG_ROUND_S
+    if long_row:
         # One timed round, and the warm-up round counts as a second: in calls this long the first call's
         # set-up (oneDNN primitives, first allocations) measured 1-2% (rlfn x2, fdiwn x3), well inside
         # the noise that a single pair of calls leaves (fdiwn x3 fp32: 0.98x in one run, 1.21-1.26x in others).
@@ -338,7 +339,7 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
     else:
         rounds = max(rounds, min(MAX_ROUNDS, int(SHORT_ROWS_TIMING_S / round_s)))
     times = time_interleaved(fns, rounds, warmup=0, device=device)
-    if round_s > LONG_ROUND_S:
+    if long_row:
         for name, seconds in warm.items():
             times[name].insert(0, seconds)
     if same:

@@ -954,11 +954,12 @@ def gen_speed_table(page: Path) -> str:
     if data is None:
         return _pending("the speed tables", SPEED_SHAPE, "speed.json")
     machine = data.get("machine", {})
+    rules = _round_rules(data)
     out = [
         "Measured by `python benchmarks/speed.py` on "
         + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("device",))
         + f"; {data.get('rounds', '?')} timed rounds per variant, interleaved, after a warm-up round"
-        + (f" ({'; '.join(_round_rules(data))})" if _round_rules(data) else "")
+        + (f" ({'; '.join(rules)})" if rules else "")
         + (f"; the whole benchmark took {data['wall_seconds']} s." if "wall_seconds" in data else ".")
         + "\n"
     ]
