@@ -68,6 +68,8 @@ LONG_ROUND_S = 5.0
 SHORT_ROWS_TIMING_S = 6.0
 MAX_ROUNDS = 5
 DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# The issue's speed targets over plain: what the "target needs" column measures each row against.
+TARGET_SPEEDUP = {"fast fp32": 1.5, "fast auto": 5.0}
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -121,6 +123,20 @@ def time_interleaved(
                 synchronize(dev)
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def target_share(percent_of_peak: float, ms: float, plain_ms: float, target: float) -> float:
+    """The share of its measured conv peak (percent) a variant would need to run ``target`` times faster
+    than plain: the share it reaches now, scaled by how much faster it would have to get.
+
+    Over 100 means that this machine cannot reach the target by any change of execution: the network's
+    multiply-adds alone, at the measured 3x3-convolution peak, take longer than the target allows.
+
+    Example:
+        >>> round(target_share(percent_of_peak=60.0, ms=100.0, plain_ms=130.0, target=1.5), 1)  # 1.3x now
+        69.2
+    """
+    return percent_of_peak * target * ms / plain_ms
 
 
 def paired_speedup(base: Sequence[float], other: Sequence[float]) -> float:
@@ -529,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = ["model", "LR in", "GMAC", "plain MP/s", "fast fp32", "max abs d", "auto", "fast auto", "dPSNR Set5"]
     if args.upscaler:
         header += ["up fp32", "up auto"]
-    header += ["% peak plain / fp32 / auto"]
+    header += ["% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"]
     print(fmt_table(header, []), flush=True)
     rows = []
     for case in cases:  # each row is printed as soon as it is measured: a cut-off run still reports
@@ -546,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.upscaler:
             cells += [f"{r.speedup['up fp32']:.2f}x", f"{r.speedup['up auto']:.2f}x"]
         cells.append(" / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")))
+        cells.append(" / ".join(
+            f"{target_share(r.pct_peak[k], med[k], med['plain'], TARGET_SPEEDUP[k]):.0f}%" for k in TARGET_SPEEDUP
+        ))
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")

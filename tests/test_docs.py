@@ -580,3 +580,42 @@ def test_speed_points_read_the_documented_shape(tmp_path: Path) -> None:
         ("rfdn", 4, 40.0, "cpu: test"),
     ]
     assert all(p["psnr_source"] in ("lightsr", "official code") for p in points)
+
+
+def test_speed_table_says_what_share_of_peak_each_target_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plain at 80% of its peak, fast fp32 no faster: 1.5x would need 80 * 1.5 = 120% of the peak.
+    # auto (bf16) at 100 ms against plain's 200 ms and 40% of its peak: 5x would need 40 * 5 / 2 = 100%.
+    def row(variant: str, precision: str, ms: float, pct: float) -> dict[str, Any]:
+        return {
+            "model": "rfdn",
+            "scale": 4,
+            "variant": variant,
+            "precision": precision,
+            "input": [180, 320],
+            "ms": ms,
+            "speedup": 200.0 / ms,
+            "gmac": 23.8,
+            "percent_of_peak": pct,
+            "rounds": 2,
+        }
+
+    data = {
+        "kind": "speed",
+        "machine": {"cpu": "test"},
+        "rounds": 2,
+        "rows": [
+            row("plain", "fp32 plain PyTorch", 200.0, 80.0),
+            row("fast fp32", "fp32", 200.0, 80.0),
+            row("fast auto", "bf16", 100.0, 40.0),
+        ],
+    }
+    (tmp_path / "speed.json").write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setattr(gen_docs, "RESULTS", tmp_path)
+    line = next(
+        s
+        for s in gen_docs.gen_speed_table(ROOT / "docs" / "performance.md").splitlines()
+        if s.startswith("| rfdn")
+    )
+    assert line.rstrip(" |").endswith("80% / 80% / 40% | 120% / 100%")
