@@ -491,7 +491,7 @@ def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     combined with Chan's formula, so the result is as accurate as the two-pass
     ``((x - mean) ** 2).mean()`` it replaces. Under an observing ``TorchFunctionMode`` it makes the
     replaced calls instead (see :func:`_observed`); with several intra-op threads it makes them too,
-    but squares the difference in place (see :func:`_chunked_stats_pay`).
+    but subtracts through :func:`channel_affine` and squares in place (see :func:`_chunked_stats_pay`).
 
     Example:
         >>> x = torch.rand(2, 3, 70, 90).contiguous(memory_format=torch.channels_last)
@@ -504,9 +504,11 @@ def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return mean, (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
     if not _chunked_stats_pay():
         mean = x.mean(dim=(2, 3), keepdim=True)
-        # Squaring the fresh difference in place: the same values, one full-size map fewer to allocate
-        # and write (24 x 180 x 320 fp32: 0.56 ms against 0.83 ms; 64 channels: 2.7 against 4.1).
-        dev = x - mean
+        # The difference through channel_affine: in bf16 channels-last PyTorch's broadcast subtraction
+        # is the slow part (24 x 240 x 427: 2.3 ms against 0.22 ms; the same values, as both round the
+        # fp32 difference once). Squaring it in place: one full-size map fewer to allocate and write
+        # (24 x 180 x 320 fp32: 0.56 ms against 0.83 ms; 64 channels: 2.7 against 4.1).
+        dev = channel_affine(x, None, -mean)
         return mean, dev.mul_(dev).mean(dim=(2, 3), keepdim=True)
     n, c, h, w = x.shape
     hw = h * w
@@ -1154,13 +1156,9 @@ def optimize_for_inference(
         # reshape that splits or merges the channel axis (left after the rewrites, e.g. with
         # ``inference_forms`` off: FDIWN's shuffle attention, hundreds of times) cannot be a view of it:
         # each one copies, and the layout flips back and forth.
+        # With the rewrites that keep FDIWN's channels whole, channels-last pays in both precisions
+        # (docs/performance.md; FDIWN x4 bf16: 2.19x plain against 1.78x NCHW).
         channels_last = device.type != "mps" and not _reshapes_channels(gm)
-        made_cl = report.get("inference_forms") or report.get("channel_shuffle")
-        if channels_last and made_cl and device.type == "cpu" and dtype is torch.bfloat16:
-            # Measured on FDIWN x4 (docs/performance.md): in fp32 the rewrites that make channels-last
-            # possible pay (1.27x plain against 0.95x NCHW), in bf16 oneDNN's NCHW path wins (1.77x
-            # against 1.46x channels-last): its many small 1x1 convolutions are faster blocked there.
-            channels_last = False
     report["channels_last"] = channels_last
     # Convs left without post-ops stay nn.Conv2d: PyTorch's own dispatch (oneDNN, or im2col + GEMM for
     # small fp32 convs) is as fast or faster for them (FDIWN's 24-channel convs: 1.3x faster in fp32).
