@@ -64,6 +64,11 @@ def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
         "HF_TOKEN",
     ):
         monkeypatch.delenv(name, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its first import: where that import happened inside
+    # an offline test (``-k fdiwn``), every later test stayed offline.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return {"hf": hf_home / "hub", "lightsr": lsr}
 
 
