@@ -562,9 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.upscaler:
             cells += [f"{r.speedup['up fp32']:.2f}x", f"{r.speedup['up auto']:.2f}x"]
         cells.append(" / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")))
-        cells.append(" / ".join(
-            f"{target_share(r.pct_peak[k], med[k], med['plain'], TARGET_SPEEDUP[k]):.0f}%" for k in TARGET_SPEEDUP
-        ))
+        needs = (target_share(r.pct_peak[k], med[k], med["plain"], t) for k, t in TARGET_SPEEDUP.items())
+        cells.append(" / ".join(f"{n:.0f}%" for n in needs))
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")

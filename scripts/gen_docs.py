@@ -965,6 +965,7 @@ def gen_speed_table(page: Path) -> str:
     ]
     by = {(_key(r), r["variant"]): r for r in data["rows"]}
     speed = _speed_module()
+    targets = speed.TARGET_SPEEDUP
     body = []
     for k in _ordered_models(data["rows"]):
         plain, fast, auto = (by.get((k, v)) for v in ("plain", "fast fp32", "fast auto"))
@@ -979,8 +980,8 @@ def gen_speed_table(page: Path) -> str:
             f"{auto['dpsnr_set5']:+.3f}" if isinstance(auto.get("dpsnr_set5"), (int, float)) else "–",
             " / ".join(f"{by[(k, v)]['percent_of_peak']:.0f}%" for v in ("plain", "fast fp32", "fast auto")),
             " / ".join(
-                f"{speed.target_share(row['percent_of_peak'], row['ms'], plain['ms'], target):.0f}%"
-                for row, target in ((fast, speed.TARGET_SPEEDUP["fast fp32"]), (auto, speed.TARGET_SPEEDUP["fast auto"]))
+                f"{speed.target_share(r['percent_of_peak'], r['ms'], plain['ms'], targets[v]):.0f}%"
+                for r, v in ((fast, "fast fp32"), (auto, "fast auto"))
             ),
         ])
     out.append(
@@ -988,9 +989,10 @@ def gen_speed_table(page: Path) -> str:
         "over *plain* (the network as upstream code runs it: NCHW fp32 under `torch.no_grad()`). *fast fp32* "
         "and *auto* are lightsr's inference rewrite in fp32 and in the precision `precision=\"auto\"` picks; "
         "max |Δ| is the largest difference from plain on a 0..1 output; Set5 Δ the Y-PSNR change of *auto* "
-        "against fp32; *% of conv peak* the share of this machine's measured 3x3-conv peak each variant reaches, "
-        "and *target needs* the share that fast fp32 would need for 1.5x plain and *auto* for 5x. Over 100% "
-        "no change of execution can reach the target here: the multiply-adds alone, at the peak, take longer.\n"
+        "against fp32; *% of conv peak* the share of this machine's measured 3x3-conv peak each variant "
+        "reaches, and *target needs* the share that fast fp32 would need for 1.5x plain and *auto* for 5x. "
+        "Over 100% no change of execution can reach the target here: the multiply-adds alone, at the peak, "
+        "take longer.\n"
     )
     out.append(_table(
         ["model", "scale", "LR in", "GMAC", "plain ms", "fast fp32 ms", "max |Δ|", "auto", "auto ms",
