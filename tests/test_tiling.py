@@ -387,3 +387,32 @@ def test_whole_image_resize_geometry_makes_tiles_equal_the_whole_image(size, bat
     assert (plain - whole).abs().max() > 1e-2
     # ... while replaying the whole image's resize geometry gives the whole-image result.
     assert torch.allclose(fixed, whole, atol=1e-12, rtol=0)
+
+
+def test_whole_image_resize_replay_keeps_channels_last_and_reduced_precision():
+    """The replayed resize on a bf16 channels-last batch of two windows: each window equals the
+    matching crop of PyTorch's own whole-image resize (float64), to bf16 rounding, and the result
+    keeps the input's dtype and memory format (the fast path runs channels-last)."""
+    from lightsr._tiling import TileRegion, TileStatistics
+
+    gen = torch.Generator().manual_seed(3)
+    coarse = torch.rand(1, 5, 20, 15, dtype=torch.float64, generator=gen).bfloat16().double()
+    whole = F.interpolate(coarse, size=(120, 90), mode="bilinear", align_corners=False)
+    window = (48, 42)
+    # Windows start on the 6-pixel grid and their coarse crops at top // 6, as in ESA; the first 6 rows
+    # and columns of a window that does not start at 0 read the cell before the crop (clamped: they lie
+    # in the tile's padding, which is discarded), so the comparison starts after them.
+    corners = [(36, 18), (0, 0)]
+    parts = [coarse[..., t // 6 : t // 6 + 10, c // 6 : c // 6 + 9] for t, c in corners]
+    x = torch.cat(parts).bfloat16().contiguous(memory_format=torch.channels_last)
+    regions = [
+        TileRegion(image=0, y0=0, y1=window[0], x0=0, x1=window[1], top=t, left=c, height=120, width=90)
+        for t, c in corners
+    ]
+    stats = TileStatistics(resize_sources=[(20, 15)], align=6)
+    with stats.capture(regions, window, gather=False):
+        y = F.interpolate(x, size=window, mode="bilinear", align_corners=False)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    for b, (t, c) in enumerate(corners):
+        expected = whole[..., t + 6 : t + window[0], c + 6 : c + window[1]]
+        torch.testing.assert_close(y[b : b + 1, :, 6:, 6:].double(), expected, rtol=2**-8, atol=0)
