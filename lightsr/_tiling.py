@@ -596,12 +596,10 @@ class _Capture(TorchFunctionMode):
         for b, r in enumerate(self.regions):
             part = x[b * rows : (b + 1) * rows]
             along_h = _resize_matrix(
-                *_resize_index(self.window[0], r.top, r.height, src_h, r.top // align, part.shape[-2]),
-                part.shape[-2],
+                self.window[0], r.top, r.height, src_h, r.top // align, part.shape[-2]
             ).to(device=part.device, dtype=work)
             along_w = _resize_matrix(
-                *_resize_index(self.window[1], r.left, r.width, src_w, r.left // align, part.shape[-1]),
-                part.shape[-1],
+                self.window[1], r.left, r.width, src_w, r.left // align, part.shape[-1]
             ).to(device=part.device, dtype=work)
             # Two matrix products: the second writes the full-size map once, channels-last, where
             # gathers and lerps made six full-size copies (RFDN's ESA on a 304-px window in bf16:
@@ -664,16 +662,20 @@ def _resize_index(
     )
 
 
-def _resize_matrix(i0: torch.Tensor, i1: torch.Tensor, weight: torch.Tensor, src_length: int) -> torch.Tensor:
-    """The resize of :func:`_resize_index` as a ``len(i0) x src_length`` float64 matrix: row ``k`` holds
-    ``1 - weight[k]`` at ``i0[k]`` and ``weight[k]`` at ``i1[k]`` (summed where the two coincide).
+def _resize_matrix(
+    length: int, offset: int, full: int, full_src: int, src_offset: int, src_length: int
+) -> torch.Tensor:
+    """The resize of :func:`_resize_index` (same arguments) as a ``length x src_length`` float64 matrix:
+    row ``k`` holds ``1 - weight[k]`` at ``i0[k]`` and ``weight[k]`` at ``i1[k]`` (summed where the two
+    coincide).
 
     Example:
-        >>> _resize_matrix(*_resize_index(4, 0, 4, 2, 0, 2), 2).tolist()
+        >>> _resize_matrix(4, 0, 4, 2, 0, 2).tolist()
         [[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]]
     """
-    m = torch.zeros(len(i0), src_length, dtype=torch.float64)
-    k = torch.arange(len(i0))
+    i0, i1, weight = _resize_index(length, offset, full, full_src, src_offset, src_length)
+    m = torch.zeros(length, src_length, dtype=torch.float64)
+    k = torch.arange(length)
     m.index_put_((k, i0), 1 - weight, accumulate=True)
     m.index_put_((k, i1), weight, accumulate=True)
     return m
