@@ -247,6 +247,62 @@ class FusedConv2d(nn.Module):
         return y if self.act.attr == "none" else self.act.apply(y, inplace=True)
 
 
+# ------------------------------------------------------------------------------------------- tracing
+class _Tracer(fx.Tracer):
+    """``torch.fx``'s tracer with the root's parameter, buffer and module names looked up in a table.
+
+    The default tracer finds the name of each parameter the network touches by walking every named
+    parameter of the root, once per access: quadratic in the network's size. FDIWN x4 (312 direct weight
+    accesses, 969 modules) spent 2.5 of its 4.2 s of tracing there. The tables are built once per trace;
+    the module is not changed while it is traced, so they stay valid.
+    """
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        if isinstance(root, nn.Module):
+            self._names: dict[str, dict[int, str]] = {
+                "parameter": {id(p): n for n, p in root.named_parameters()},
+                "buffer": {id(b): n for n, b in root.named_buffers()},
+                "module": {id(m): n for n, m in root.named_modules()},
+            }
+        return super().trace(root, concrete_args)
+
+    def _name_of(self, value: Any) -> str | None:
+        names = getattr(self, "_names", None)
+        if names is None or isinstance(value, fx.Proxy):
+            return None
+        if isinstance(value, nn.Parameter):
+            return names["parameter"].get(id(value))
+        if isinstance(value, torch.Tensor):
+            return names["buffer"].get(id(value))
+        if isinstance(value, nn.Module):
+            return names["module"].get(id(value))
+        return None
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, fx.Proxy]) -> Any:
+        tensor_attr = isinstance(attr_val, nn.Parameter) or (
+            self.proxy_buffer_attributes and isinstance(attr_val, torch.Tensor)
+        )
+        name = self._name_of(attr_val) if tensor_attr and not self.param_shapes_constant else None
+        if name is None:
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
+
+    def create_arg(self, a: Any) -> Any:
+        name = self._name_of(a)
+        if name is not None:
+            return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
+
+
+def _symbolic_trace(module: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace`` through :class:`_Tracer`."""
+    tracer = _Tracer()
+    graph = tracer.trace(module)
+    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
 # ------------------------------------------------------------------------------------ graph helpers
 class _Rewriter:
     """The graph being rewritten, with its module table and call counts kept up to date cheaply."""
@@ -1134,7 +1190,7 @@ def optimize_for_inference(
     if "inference_forms" in chosen:
         report["inference_forms"] = _apply_inference_forms(net)
     try:
-        gm = fx.symbolic_trace(net)
+        gm = _symbolic_trace(net)
         with torch.no_grad():
             x = _example_input(descriptor, device) if example is None else example.to(device, torch.float32)
             ShapeProp(gm).propagate(x)

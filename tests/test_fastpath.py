@@ -29,7 +29,7 @@ from lightsr._fastpath import (
     optimize_for_inference,
     run_batched,
 )
-from lightsr._zoo import ModelDescriptor, records
+from lightsr._zoo import ModelDescriptor, describe, records
 from lightsr.archs import NativeRange
 
 TOL_FP32 = 1e-4
@@ -285,6 +285,47 @@ def test_untraceable_network_falls_back_to_a_plain_copy():
     with torch.no_grad():
         assert fast(x).dtype == torch.bfloat16
         assert (fast(x).float() - net(x)).abs().max() < 0.05
+
+
+class _DirectAttributes(nn.Module):
+    """Touches its weights, a buffer and a shared parameter directly, as FDIWN's gates do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gain = nn.Parameter(torch.rand(1, 4, 1, 1))
+        self.register_buffer("shift", torch.rand(1, 4, 1, 1))
+        self.inner = nn.Module()
+        self.inner.gain = self.gain  # the same parameter under a second name
+        self.inner.register_buffer("scale", torch.tensor(0.5))
+        self.constant = torch.ones(1, 4, 1, 1)  # a plain tensor attribute: not a parameter or buffer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x, self.conv.weight, self.conv.bias, padding=1)
+        y = y * self.gain + self.shift
+        return (y * self.inner.gain) * self.inner.scale + self.constant
+
+
+@pytest.mark.parametrize("forms", [False, True])
+@pytest.mark.parametrize("net_name", ["direct", "fdiwn"])
+def test_tracer_builds_the_graph_torch_fx_builds(net_name, forms):
+    """The name-table tracer (linear instead of quadratic lookups) must give torch.fx's own graph."""
+    import torch.fx as fx
+
+    if net_name == "direct":
+        net = _DirectAttributes().eval()
+    else:  # FDIWN x2 with random weights: hundreds of direct weight accesses in its gates
+        desc = describe("fdiwn", 2)
+        net = desc.wrap(desc.build_network()).eval()
+    if forms:
+        _fastpath._apply_inference_forms(net)
+    ours = _fastpath._symbolic_trace(net)
+    reference = fx.symbolic_trace(net)
+    assert ours.code == reference.code
+    assert [(n.op, str(n.target)) for n in ours.graph.nodes] == [(n.op, str(n.target)) for n in reference.graph.nodes]
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
 
 
 def test_eager_path_used_off_cpu_gives_the_same_result():
