@@ -310,7 +310,7 @@ class _DirectAttributes(nn.Module):
 @pytest.mark.parametrize("net_name", ["direct", "fdiwn"])
 def test_tracer_builds_the_graph_torch_fx_builds(net_name, forms):
     """The name-table tracer (linear instead of quadratic lookups) must give torch.fx's own graph."""
-    import torch.fx as fx
+    from torch import fx
 
     if net_name == "direct":
         net = _DirectAttributes().eval()
