@@ -52,7 +52,7 @@ from torch import nn
 import lightsr
 from lightsr import _zoo
 from lightsr._engine import resolve_device, resolve_precision
-from lightsr._fastpath import PASSES, optimize_for_inference
+from lightsr._fastpath import PASSES, FastModule, optimize_for_inference
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SHARED = Path(os.environ.get("LIGHTSR_SHARED", REPO.parent / "shared"))
@@ -195,11 +195,32 @@ def conv_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int 
     """This machine's best FLOP/s on a width->width 3x3 conv, channels-last, in ``dtype``.
 
     Best over a few spatial sizes (cache-resident to full-frame) and the fastest of ``rounds`` calls:
-    a peak, not a typical value. Cached per (width, dtype, device).
+    a peak, not a typical value. Cached per (width, dtype, device); :func:`remeasure_peaks` may raise it.
     """
     key = (width, dtype, str(device))
-    if key in _PEAK_CACHE:
-        return _PEAK_CACHE[key]
+    if key not in _PEAK_CACHE:
+        _PEAK_CACHE[key] = _measure_peak(width, dtype, device, rounds)
+    return _PEAK_CACHE[key]
+
+
+def remeasure_peaks(device: torch.device, rounds: int = 10) -> dict[tuple[int, torch.dtype], tuple[float, float]]:
+    """Measure every cached peak once more and keep the higher value; {(width, dtype): (first, second)}.
+
+    On a shared host a single measurement can land in a busy minute (2026-12-02, AMD EPYC: width 50 fp32
+    83 GFLOP/s at the start of a run, 160 the day before), and every share of that peak is then too high
+    (rfdn x4 fp32 at "120%"). Two measurements minutes apart make such a low one unlikely to stand.
+    """
+    out = {}
+    for (width, dtype, dev), first in list(_PEAK_CACHE.items()):
+        if dev != str(device):
+            continue
+        second = _measure_peak(width, dtype, device, rounds)
+        _PEAK_CACHE[(width, dtype, dev)] = max(first, second)
+        out[(width, dtype)] = (first, second)
+    return out
+
+
+def _measure_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int) -> float:
     conv = nn.Conv2d(width, width, 3, padding=1).to(device=device, dtype=dtype, memory_format=torch.channels_last)
     best = 0.0
     with torch.inference_mode():
@@ -215,7 +236,6 @@ def conv_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int 
                 synchronize(device)
                 dt = (time.perf_counter() - t0) / reps
                 best = max(best, 2 * width * width * 9 * h * w / dt)
-    _PEAK_CACHE[key] = best
     return best
 
 
@@ -305,18 +325,29 @@ class Row:
     max_diff: float
     dpsnr: float | None
     pct_peak: dict[str, float] = field(default_factory=dict)
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+
+    def update_pct_peak(self, device: torch.device) -> None:
+        """Each variant's achieved FLOP/s as a percentage of the (cached) conv peak of its width and dtype."""
+        for name, dtype in self.dtypes.items():
+            peak = conv_peak(self.width, dtype, device)
+            self.pct_peak[name] = 100.0 * 2 * self.gmac * 1e9 / statistics.median(self.times[name]) / peak
 
 
 def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr: bool, upscaler: bool) -> Row:
     up32 = load(case, "fp32", device)
     plain = up32.module
     desc = up32.descriptor
+    # The fp32 fast path is the one the fp32 Upscaler built at load: not traced and rewritten a second
+    # time (FDIWN: 2-3 s per build).
+    built = getattr(up32, "_compute", None)
+    fp32_built = isinstance(built, FastModule) and built.dtype is torch.float32
     auto_dtype = resolve_precision("auto", device)
     if (auto_dtype is torch.bfloat16 and not desc.traits.bf16_safe) or (
         auto_dtype is torch.float16 and not desc.traits.fp16_safe
     ):
         auto_dtype = torch.float32
-    fast32 = optimize_for_inference(plain, desc, dtype=torch.float32, device=device)
+    fast32 = built if fp32_built else optimize_for_inference(plain, desc, dtype=torch.float32, device=device)
     # Where 'auto' resolves to fp32 it is the fp32 fast path itself: timed once, reported on both rows.
     same = auto_dtype is torch.float32
     fastauto = fast32 if same else optimize_for_inference(plain, desc, dtype=auto_dtype, device=device)
@@ -362,16 +393,18 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
         times["fast auto"] = times["fast fp32"]
     speed = {k: paired_speedup(times["plain"], v) for k, v in times.items()}
     macs, width = count_macs(plain, x)
-    pct = {}
-    for name, dtype in (("plain", torch.float32), ("fast fp32", torch.float32), ("fast auto", auto_dtype)):
-        peak = conv_peak(width, dtype, device)
-        pct[name] = 100.0 * 2 * macs / statistics.median(times[name]) / peak
     dpsnr = None
     if psnr and auto_dtype is not torch.float32:
-        base = set5_psnr(plain, s, shared, device)
+        # The fp32 side is the fp32 fast path: it equals plain to max|d| (about 2e-6, measured above),
+        # far below what moves a PSNR, and runs 1.2-2.5x faster than plain.
+        base = set5_psnr(fast32, s, shared, device)
         dpsnr = set5_psnr(fastauto, s, shared, device) - base
     out_mp = h * s * w * s / 1e6
-    return Row(case.label, (w, h), out_mp, macs / 1e9, width, DTYPE_NAME[auto_dtype], times, speed, max_diff, dpsnr, pct)
+    dtypes = {"plain": torch.float32, "fast fp32": torch.float32, "fast auto": auto_dtype}
+    row = Row(case.label, (w, h), out_mp, macs / 1e9, width, DTYPE_NAME[auto_dtype], times, speed, max_diff, dpsnr,
+              dtypes=dtypes)
+    row.update_pct_peak(device)
+    return row
 
 
 # ------------------------------------------------------------------------------------------ ablation
@@ -409,7 +442,9 @@ def tiling_overhead(case: Case, device: torch.device, rounds: int, shared: Path,
     up = load(case, "auto", device)
     x = natural_lr(shared, size, size).to(device)
     fns = {"whole": lambda: up.upscale(x, tile_size=None), "tiled": lambda: up.upscale(x)}
-    times = time_interleaved(fns, rounds, warmup=1, device=device)
+    # No untimed warm-up round (15 s here): the first round's set-up (oneDNN primitives, first pages) is
+    # 1-2% of a call this long, and the median of three rounds sets a slow first one aside anyway.
+    times = time_interleaved(fns, rounds, warmup=0, device=device)
     plan = None
     with contextlib.suppress(Exception):
         plan = up._plan(size, size, 1, "auto", 24, None)  # what "auto" chose, for the report
@@ -571,6 +606,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "long_round_s": LONG_ROUND_S, "long_rows_time_warmup": True, "short_rows_timing_s": SHORT_ROWS_TIMING_S,
         "max_rounds": MAX_ROUNDS,
     }
+    # Every peak is measured a second time, after the rows; the shares in the JSON (and the docs) use the
+    # higher of the two, and the rows whose shares fell are printed again.
+    changed = {k: v for k, v in remeasure_peaks(device).items() if v[1] > 1.01 * v[0]}
+    extra["conv_peaks_first_gflops"] = [
+        {"width": w, "precision": DTYPE_NAME[d], "gflops": round(first / 1e9, 1)} for (w, d), (first, _) in changed.items()
+    ]
+    if changed:
+        print("\nPeaks measured again after the rows (width: first -> second GFLOP/s): " + ", ".join(
+            f"{w} {DTYPE_NAME[d]}: {a / 1e9:.0f} -> {b / 1e9:.0f}" for (w, d), (a, b) in sorted(
+                changed.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))))
+        redo = []
+        for r in rows:
+            before = dict(r.pct_peak)
+            r.update_pct_peak(device)
+            if r.pct_peak != before:
+                med = {k: statistics.median(v) for k, v in r.times.items()}
+                needs = (target_share(r.pct_peak[k], med[k], med["plain"], t) for k, t in TARGET_SPEEDUP.items())
+                redo.append((r.label, " / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")),
+                             " / ".join(f"{n:.0f}%" for n in needs)))
+        print("\nRows against the higher peaks:\n")
+        print(fmt_table(["model", "% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"], redo), flush=True)
     peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
     extra["conv_peaks_gflops"] = [
         {"width": w, "precision": DTYPE_NAME[d], "gflops": round(_PEAK_CACHE[(w, d, str(device))] / 1e9, 1)}

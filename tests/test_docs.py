@@ -619,3 +619,40 @@ def test_speed_table_says_what_share_of_peak_each_target_needs(
         if s.startswith("| rfdn")
     )
     assert line.rstrip(" |").endswith("80% / 80% / 40% | 120% / 100%")
+
+
+def test_speed_table_says_when_peaks_were_measured_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"kind": "speed", "machine": {"cpu": "test"}, "rounds": 2, "rows": [],
+            "conv_peaks_gflops": [{"width": 50, "precision": "fp32", "gflops": 160.0}]}
+    monkeypatch.setattr(gen_docs, "RESULTS", tmp_path)
+    texts = {}
+    for name, extra in (("once", {}), ("twice", {"conv_peaks_first_gflops": []}),
+                        ("lower", {"conv_peaks_first_gflops": [{"width": 50, "precision": "fp32", "gflops": 83.0}]})):
+        (tmp_path / "speed.json").write_text(json.dumps({**base, **extra}), encoding="utf-8")
+        texts[name] = gen_docs.gen_speed_table(ROOT / "docs" / "performance.md")
+    assert "width 50 fp32 160 GFLOP/s" in texts["once"] and "the higher kept" not in texts["once"]
+    assert "measured before and after the rows, the higher kept" in texts["twice"]
+    assert "Lower first measurements" not in texts["twice"]
+    assert "Lower first measurements: width 50 fp32 83." in texts["lower"]
+
+
+def test_benchmark_keeps_the_higher_of_two_peak_measurements(monkeypatch: pytest.MonkeyPatch) -> None:
+    speed = gen_docs._speed_module()
+    import torch
+
+    cpu = torch.device("cpu")
+    measured = iter([100e9, 300e9, 150e9, 200e9])  # first widths 8, 16; then again: 8 rises, 16 falls
+    monkeypatch.setattr(speed, "_measure_peak", lambda *args: next(measured))
+    monkeypatch.setattr(speed, "_PEAK_CACHE", {})
+    assert speed.conv_peak(8, torch.float32, cpu) == 100e9
+    assert speed.conv_peak(16, torch.float32, cpu) == 300e9
+    # A row of 1 GMAC on width 8 in 10 ms: 200 GFLOP/s, 200% of the low first peak.
+    row = speed.Row("toy x4", (4, 4), 1.0, 1.0, 8, "fp32", {"plain": [0.01]}, {"plain": 1.0}, 0.0, None,
+                    dtypes={"plain": torch.float32})
+    row.update_pct_peak(cpu)
+    assert row.pct_peak["plain"] == pytest.approx(200.0)
+    both = speed.remeasure_peaks(cpu)
+    assert both == {(8, torch.float32): (100e9, 150e9), (16, torch.float32): (300e9, 200e9)}
+    assert speed.conv_peak(8, torch.float32, cpu) == 150e9 and speed.conv_peak(16, torch.float32, cpu) == 300e9
+    row.update_pct_peak(cpu)
+    assert row.pct_peak["plain"] == pytest.approx(200.0 * 100 / 150)
