@@ -252,9 +252,9 @@ class _Tracer(fx.Tracer):
     """``torch.fx``'s tracer with the root's parameter, buffer and module names looked up in a table.
 
     The default tracer finds the name of each parameter the network touches by walking every named
-    parameter of the root, once per access: quadratic in the network's size. FDIWN x4 (312 direct weight
-    accesses, 969 modules) spent 2.5 of its 4.2 s of tracing there. The tables are built once per trace;
-    the module is not changed while it is traced, so they stay valid.
+    parameter of the root, once per access: quadratic in the network's size. FDIWN x4 touches 312 weights
+    directly; its trace took 1.8 s, 1.0 s with the tables (3.8 and 1.6 s without its inference forms). The
+    tables are built once per trace; the module is not changed while it is traced, so they stay valid.
     """
 
     def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
