@@ -531,6 +531,16 @@ def write_json(
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
+def roofline_cells(r: Row) -> list[str]:
+    """The table's last two cells for a row: its shares of the conv peak, and what the targets need."""
+    med = {k: statistics.median(v) for k, v in r.times.items()}
+    needs = (target_share(r.pct_peak[k], med[k], med["plain"], t) for k, t in TARGET_SPEEDUP.items())
+    return [
+        " / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")),
+        " / ".join(f"{n:.0f}%" for n in needs),
+    ]
+
+
 def fmt_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -596,9 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if args.upscaler:
             cells += [f"{r.speedup['up fp32']:.2f}x", f"{r.speedup['up auto']:.2f}x"]
-        cells.append(" / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")))
-        needs = (target_share(r.pct_peak[k], med[k], med["plain"], t) for k, t in TARGET_SPEEDUP.items())
-        cells.append(" / ".join(f"{n:.0f}%" for n in needs))
+        cells += roofline_cells(r)
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
     json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
@@ -621,10 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = dict(r.pct_peak)
             r.update_pct_peak(device)
             if r.pct_peak != before:
-                med = {k: statistics.median(v) for k, v in r.times.items()}
-                needs = (target_share(r.pct_peak[k], med[k], med["plain"], t) for k, t in TARGET_SPEEDUP.items())
-                redo.append((r.label, " / ".join(f"{r.pct_peak[k]:.0f}%" for k in ("plain", "fast fp32", "fast auto")),
-                             " / ".join(f"{n:.0f}%" for n in needs)))
+                redo.append((r.label, *roofline_cells(r)))
         print("\nRows against the higher peaks:\n")
         print(fmt_table(["model", "% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"], redo), flush=True)
     peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
