@@ -25,7 +25,10 @@ def convert_checkpoint(
 
     Keys are renamed to lightsr's modules, weight-norm is folded, and the header carries the model,
     scale and format version. The output is byte-for-byte deterministic; returns its sha256.
-    The source is read with ``torch.load(weights_only=True)``: no pickled code is ever run.
+    The source is read with ``torch.load(weights_only=True)``: no pickled code is ever run. A file that is
+    another model (by its sha256, or its keys and shapes) raises ``CheckpointError`` naming what it is; a
+    destination that cannot be written (a folder, a missing folder) raises ``OutputError`` and nothing is
+    written.
 
     Example:
         >>> import lightsr, tempfile, os
@@ -41,8 +44,11 @@ class ModelInfo:
     """One downloadable network: a (model, scale, variant) manifest record, as ``lightsr models`` shows it.
 
     ``paper_psnr`` and ``reproduced_psnr`` are Set5 Y-PSNR in dB (None where unknown); ``license`` is the
-    weights' license (None: upstream states none, so lightsr fetches them from upstream and never re-hosts
-    them); ``cached`` says whether the weights are in a local cache, so loading them needs no network.
+    weights' license (None: upstream states none, so lightsr never re-hosts them). ``hosted_on_hub`` says
+    whether the weights are published on the Hugging Face Hub (a pinned revision in the manifest): where it is
+    False, which today is every model, they are downloaded from the authors' repository at a pinned commit
+    and converted locally, whatever their license. ``cached`` says whether the weights are in a local cache,
+    so loading them needs no network.
 
     Example:
         >>> import lightsr
@@ -95,7 +101,7 @@ def list_models() -> list[ModelInfo]:
                 paper_psnr=_set5_psnr(metrics.get("paper")),
                 reproduced_psnr=_set5_psnr(metrics.get("reproduced")),
                 license=(rec.get("license") or {}).get("weights"),
-                hosted_on_hub=rec.get("hub") is not None,
+                hosted_on_hub=_hub.is_published(rec),
                 cached=_hub.is_cached(rec),
             )
         )
@@ -105,8 +111,10 @@ def list_models() -> list[ModelInfo]:
 def download_weights(name: str, scale: int | None = None, *, variant: str | None = None) -> list[Path]:
     """Fetch and verify the weights of ``name`` (every scale, or just ``scale``) so later loads work offline.
 
-    Weights come from the Hugging Face Hub, or from the upstream checkpoint when they are not re-hosted;
-    cached files are verified and reused. Returns the local files, in scale order.
+    Weights come from the Hugging Face Hub where they are published there (none are yet: see
+    ``ModelInfo.hosted_on_hub``), else from the upstream checkpoint at its pinned commit, converted here;
+    cached files are verified against the manifest's sha256 and reused. Returns the local files, in scale
+    order. With no network, each file fails at once with a ``DownloadError`` (one short connection check).
 
     Example:
         >>> import lightsr

@@ -1129,6 +1129,7 @@ def stale_figures() -> list[str]:
             "docs/images/psnr_vs_speed.png does not match benchmarks/results/*.json and the "
             "manifest: run python scripts/make_figures.py speed"
         )
+    problems += figures.stale_jpeg()
     return problems
 
 

@@ -3,6 +3,7 @@
 
     python scripts/make_figures.py comparison          # docs/images/comparison.png (the README picture)
     python scripts/make_figures.py speed               # docs/images/psnr_vs_speed.png (needs matplotlib: the dev extra)
+    python scripts/make_figures.py jpeg                # docs/images/jpeg_and_noise.png (docs/real-photos.md)
     python scripts/make_figures.py chart -o chart.png  # the synthetic test chart alone, full size
     python scripts/make_figures.py all
 
@@ -20,6 +21,16 @@ the same crop, enlarged 2x with nearest-neighbour so single pixels stay visible,
 against the ground truth over the whole chart (border = scale, the papers' protocol). These numbers measure
 this one synthetic chart: they rank the models on sharp synthetic edges, not on photographs; the benchmark
 numbers are in docs/models.md.
+
+**JPEG and noise** (``jpeg``): the same chart, shrunk 4x with MATLAB's bicubic, is saved as JPEG by Pillow
+(in memory, at the qualities of ``JPEG_QUALITIES``) or given seeded Gaussian noise, then enlarged by one model
+(``JPEG_MODEL``) and by bicubic. Each panel is labelled with its Y-PSNR against the clean chart over the crop
+shown, and with how far the JPEG (or noise) moved the output: the RMS difference, in 8-bit grey levels of Y,
+from what the same method makes of the clean small image. That second number shows the amplification the
+models' bicubic-only training causes; PSNR against this sharp chart hardly sees it. One panel blurs the JPEG
+lightly with Pillow (``ImageFilter.GaussianBlur``) before upscaling, to show what that trade costs and buys.
+Pillow's JPEG encoder is libjpeg(-turbo): the record keeps Pillow's version for reference (another version may
+encode a few coefficients differently and move the numbers slightly; the staleness check ignores it).
 
 **The PSNR-vs-speed chart** reads the speed benchmark's JSON (``benchmarks/results/*.json``; pass paths to
 choose) and the Set5 Y-PSNR of each (model, scale) from weights_manifest.json (``metrics.reproduced``, or,
@@ -181,9 +192,9 @@ def _upscale(name: str, scale: int, lr: np.ndarray, weights: Path | None) -> np.
     return y[0].double().clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy().astype(np.uint8)
 
 
-def _panel(img: np.ndarray, label: str, sub: str) -> Image.Image:
-    left, top, right, bottom = CROP
-    crop = Image.fromarray(_crop(img)).resize(
+def _panel(img: np.ndarray, label: str, sub: str, box: tuple[int, int, int, int] = CROP) -> Image.Image:
+    left, top, right, bottom = box
+    crop = Image.fromarray(_crop(img, box)).resize(
         ((right - left) * ZOOM, (bottom - top) * ZOOM), Image.Resampling.NEAREST
     )
     w, h = crop.size
@@ -195,8 +206,8 @@ def _panel(img: np.ndarray, label: str, sub: str) -> Image.Image:
     return tile
 
 
-def _crop(img: np.ndarray) -> np.ndarray:
-    left, top, right, bottom = CROP
+def _crop(img: np.ndarray, box: tuple[int, int, int, int] = CROP) -> np.ndarray:
+    left, top, right, bottom = box
     return img[top:bottom, left:right]
 
 
@@ -242,6 +253,18 @@ def make_comparison(out: Path, weights_dir: Path | None, log: Any = print) -> di
             panels.append(_panel(full, f"{name} x{s}", f"{scores[f'{name} x{s}']:.2f} dB"))
             log(f"  {name} x{s}: {scores[f'{name} x{s}']:.2f} dB ({time.perf_counter() - started:.1f} s)")
 
+    _save_sheet(panels, out, log)
+    return {
+        "chart_version": CHART_VERSION,
+        "crop": list(CROP),
+        "models": [[n, s] for n, s in shown],
+        "psnr_y_on_crop": scores,
+    }
+
+
+def _save_sheet(panels: list[Image.Image], out: Path, log: Any = print, colors: int | None = 128) -> None:
+    """Paste the panels in rows of COLUMNS and save; ``colors=None`` keeps full RGB (gradients that a
+    palette would band)."""
     pw, ph = panels[0].size
     rows = math.ceil(len(panels) / COLUMNS)
     gap = 6
@@ -251,17 +274,236 @@ def make_comparison(out: Path, weights_dir: Path | None, log: Any = print) -> di
     for i, p in enumerate(panels):
         sheet.paste(p, ((i % COLUMNS) * (pw + gap), (i // COLUMNS) * (ph + gap)))
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A 128-colour palette chosen for this picture: it is mostly grey, so nothing visible is lost, and the
-    # committed file stays well under 300 KB (RGB would be over 600 KB).
-    sheet.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        out, optimize=True
-    )
+    if colors is None:
+        sheet.save(out, optimize=True)
+    else:
+        # A palette for the comparison: it is mostly grey, so nothing visible is lost, and the committed
+        # file stays well under 300 KB (RGB would be over 600 KB).
+        sheet.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            out, optimize=True
+        )
     log(f"wrote {out} ({out.stat().st_size // 1024} KiB)")
+
+
+# ------------------------------------------------------------------------------------------------ jpeg
+# Bump when the JPEG figure's recipe changes (panels, filters, scoring), so its record says which it shows.
+JPEG_VERSION = 1
+JPEG_MODEL = ("rfdn", 4)
+JPEG_QUALITIES = (75, 40)  # Pillow's default quality, and a heavily compressed web image
+JPEG_SWEEP = (95, 90, 75, 60, 40, 30)  # measured (no panels) for the table in docs/real-photos.md
+# Also measured without panels, on the JPEG at the lower quality: other x4 models trained the same way, and a
+# 3x3 median filter (Pillow's ImageFilter.MedianFilter) before upscaling instead of the blur.
+JPEG_OTHER_MODELS = ("bsrn", "rlfn", "safmn-ntire23", "span-ntire24")
+JPEG_NOISE_SIGMA = 3.0  # 8-bit levels of Gaussian noise on the small image (a clean-ish phone photo)
+JPEG_NOISE_SEED = 0
+JPEG_BLUR_SIGMA = 0.5  # pixels of the small image: a light blur, the usual first try against JPEG blocks
+# The bottom right of the chart: a star's rim, colour discs, gratings and a gradient, where JPEG's
+# blocks, ringing and colour bleeding show (the text of CROP is too small to survive JPEG at all). Divisible
+# by the scale, so the small image's own change is measured over the same area.
+JPEG_CROP = (128, 128, 256, 244)
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality)  # Pillow's defaults otherwise (4:2:0 chroma)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(sigma)))
+
+
+def _rms_y(a: np.ndarray, b: np.ndarray) -> float:
+    from lightsr import metrics
+
+    ya, yb = metrics.rgb_to_y(a).astype(np.float64), metrics.rgb_to_y(b).astype(np.float64)
+    return float(np.sqrt(np.mean((ya - yb) ** 2)))
+
+
+def jpeg_inputs(manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the JPEG figure depends on (its record must hold the same, else the picture is stale)."""
+    name, scale = JPEG_MODEL
+    manifest = manifest or load_manifest()
+    rec = _record(manifest, name, scale)
     return {
+        "jpeg_version": JPEG_VERSION,
         "chart_version": CHART_VERSION,
-        "crop": list(CROP),
-        "models": [[n, s] for n, s in shown],
-        "psnr_y_on_crop": scores,
+        "crop": list(JPEG_CROP),
+        "model": [name, scale],
+        "weights_sha256": rec["upstream"]["sha256"],
+        "qualities": list(JPEG_QUALITIES),
+        "sweep": list(JPEG_SWEEP),
+        "other_models": [
+            [n, scale, _record(manifest, n, scale)["upstream"]["sha256"]] for n in JPEG_OTHER_MODELS
+        ],
+        "noise_sigma": JPEG_NOISE_SIGMA,
+        "noise_seed": JPEG_NOISE_SEED,
+        "blur_sigma": JPEG_BLUR_SIGMA,
+    }
+
+
+def stale_jpeg() -> list[str]:
+    """Why docs/images/jpeg_and_noise.png no longer matches its inputs (empty when it does).
+
+    For ``scripts/gen_docs.py``'s ``stale_figures`` (and so the test suite) to call, next to its checks
+    of the other pictures.
+    """
+    if not (IMAGES / "jpeg_and_noise.png").is_file():
+        return []
+    record = read_sidecar().get("jpeg_and_noise.png") or {}
+    now = jpeg_inputs()
+    changed = sorted(k for k, v in now.items() if record.get("inputs", {}).get(k) != v)
+    if changed:
+        return [
+            (
+                f"docs/images/jpeg_and_noise.png was made from other inputs ({', '.join(changed)}): "
+                "run python scripts/make_figures.py jpeg"
+            )
+        ]
+    return []
+
+
+def make_jpeg(out: Path, weights_dir: Path | None, log: Any = print) -> dict[str, Any]:
+    """Draw what JPEG and noise on the small image do to one model's output; returns the figure's record."""
+    from lightsr import metrics
+
+    manifest = load_manifest()
+    name, scale = JPEG_MODEL
+    rec = _record(manifest, name, scale)
+    weights = None
+    if weights_dir is not None:
+        weights = weights_dir / rec["upstream"]["filename"]
+        if not weights.is_file():
+            raise SystemExit(f"{weights} is missing; pass --weights-dir, or --download to fetch the weights")
+    hr = test_chart()
+    lr = metrics.imresize_matlab(metrics.modcrop(hr, scale), 1 / scale)
+    box = JPEG_CROP
+
+    def model(small: np.ndarray) -> np.ndarray:
+        return _upscale(name, scale, small, weights)
+
+    def bicubic(small: np.ndarray) -> np.ndarray:
+        return metrics.imresize_matlab(small, scale)
+
+    clean = {"model": model(lr), "bicubic": bicubic(lr)}
+    rng = np.random.default_rng(JPEG_NOISE_SEED)
+    noisy = np.clip(np.rint(lr + rng.normal(0.0, JPEG_NOISE_SIGMA, lr.shape)), 0, 255).astype(np.uint8)
+    q_hi, q_lo = JPEG_QUALITIES
+    small = {
+        "clean": lr,
+        f"noise {JPEG_NOISE_SIGMA:g}": noisy,
+        f"JPEG q{q_hi}": _jpeg(lr, q_hi),
+        f"JPEG q{q_lo}": _jpeg(lr, q_lo),
+    }
+    small[f"JPEG q{q_lo}, blurred"] = _blur(small[f"JPEG q{q_lo}"], JPEG_BLUR_SIGMA)
+    w, h = box[2] - box[0], box[3] - box[1]
+    # (key, method, small image, label); the order reads left to right, top to bottom.
+    plan = [
+        (f"bicubic x{scale}, clean", "bicubic", "clean", f"bicubic x{scale} of the clean small image"),
+        (f"{name} x{scale}, clean", "model", "clean", f"{name} x{scale} of the clean small image"),
+        (
+            f"{name} x{scale}, noise {JPEG_NOISE_SIGMA:g}",
+            "model",
+            f"noise {JPEG_NOISE_SIGMA:g}",
+            f"{name} x{scale}, noise sigma {JPEG_NOISE_SIGMA:g} added",
+        ),
+        (
+            f"{name} x{scale}, JPEG q{q_hi}",
+            "model",
+            f"JPEG q{q_hi}",
+            f"{name} x{scale} of a JPEG, quality {q_hi}",
+        ),
+        (
+            f"{name} x{scale}, JPEG q{q_lo}",
+            "model",
+            f"JPEG q{q_lo}",
+            f"{name} x{scale} of a JPEG, quality {q_lo}",
+        ),
+        (
+            f"bicubic x{scale}, JPEG q{q_lo}",
+            "bicubic",
+            f"JPEG q{q_lo}",
+            f"bicubic x{scale} of the JPEG q{q_lo}",
+        ),
+        (
+            f"{name} x{scale}, JPEG q{q_lo} blurred",
+            "model",
+            f"JPEG q{q_lo}, blurred",
+            f"{name} x{scale}, JPEG q{q_lo} blurred {JPEG_BLUR_SIGMA:g} px first",
+        ),
+    ]
+    panels = [
+        _panel(hr, "original (ground truth)", f"{w}x{h} crop of the {CHART_SIZE}x{CHART_SIZE} chart", box)
+    ]
+    psnr: dict[str, float] = {}
+    moved: dict[str, float] = {}
+    lr_box = tuple(v // scale for v in box)
+    small_moved = {
+        k: round(_rms_y(_crop(v, lr_box), _crop(lr, lr_box)), 2) for k, v in small.items() if k != "clean"
+    }
+    for key, method, src, label in plan:
+        started = time.perf_counter()
+        out_img = (model if method == "model" else bicubic)(small[src])
+        psnr[key] = round(metrics.psnr_y(_crop(out_img, box), _crop(hr, box), border=0), 2)
+        sub = f"{psnr[key]:.2f} dB"
+        if src != "clean":
+            moved[key] = round(_rms_y(_crop(out_img, box), _crop(clean[method], box)), 2)
+            sub += f"; moved {moved[key]:.1f} levels RMS"
+        panels.append(_panel(out_img, label, sub, box))
+        log(f"  {key}: {sub} ({time.perf_counter() - started:.1f} s)")
+    sweep = {}
+    for q in JPEG_SWEEP:
+        small_q = _jpeg(lr, q)
+        row: dict[str, float] = {
+            "small_image_moved": round(_rms_y(_crop(small_q, lr_box), _crop(lr, lr_box)), 2)
+        }
+        for method, fn in (("model", model), ("bicubic", bicubic)):
+            up = fn(small_q)
+            row[f"{method}_psnr"] = round(metrics.psnr_y(_crop(up, box), _crop(hr, box), border=0), 2)
+            row[f"{method}_moved"] = round(_rms_y(_crop(up, box), _crop(clean[method], box)), 2)
+        sweep[f"q{q}"] = row
+        log(f"  JPEG q{q}: {row}")
+    from PIL import ImageFilter
+
+    heavy = small[f"JPEG q{q_lo}"]
+    median = model(np.asarray(Image.fromarray(heavy).filter(ImageFilter.MedianFilter(3))))
+    extra = {
+        f"{name} x{scale}, JPEG q{q_lo} median 3x3 first": {
+            "psnr": round(metrics.psnr_y(_crop(median, box), _crop(hr, box), border=0), 2),
+            "moved": round(_rms_y(_crop(median, box), _crop(clean["model"], box)), 2),
+        }
+    }
+    for other in JPEG_OTHER_MODELS:
+        w = (
+            None
+            if weights_dir is None
+            else weights_dir / _record(manifest, other, scale)["upstream"]["filename"]
+        )
+        c, j = (_upscale(other, scale, x, w) for x in (lr, heavy))
+        extra[f"{other} x{scale}, JPEG q{q_lo}"] = {
+            "psnr_clean": round(metrics.psnr_y(_crop(c, box), _crop(hr, box), border=0), 2),
+            "psnr": round(metrics.psnr_y(_crop(j, box), _crop(hr, box), border=0), 2),
+            "moved": round(_rms_y(_crop(j, box), _crop(c, box)), 2),
+        }
+    for key, row in extra.items():
+        log(f"  {key}: {row}")
+    # Full RGB (about 210 KB): a palette would band the gradient and pass its steps off as JPEG's.
+    _save_sheet(panels, out, log, colors=None)
+    import PIL
+
+    return {
+        "inputs": jpeg_inputs(manifest),
+        "pillow": PIL.__version__,  # its libjpeg made the JPEGs; not an input the check compares
+        "psnr_y_on_crop": psnr,
+        "rms_y_change_on_crop": moved,
+        "rms_y_change_of_small_image_on_crop": small_moved,
+        "sweep": sweep,
+        "without_panels": extra,
     }
 
 
@@ -440,7 +682,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["comparison", "speed", "chart", "all"])
+    p.add_argument("what", choices=["comparison", "speed", "jpeg", "chart", "all"])
     p.add_argument("-o", "--output", type=Path, help="output PNG (default: docs/images/<name>.png)")
     p.add_argument(
         "--weights-dir",
@@ -465,6 +707,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         record = make_comparison(out, weights_dir)
         if out.resolve() == (IMAGES / "comparison.png").resolve():
             write_sidecar_entry("comparison.png", record)
+    if args.what in ("jpeg", "all"):
+        out = args.output if args.what == "jpeg" and args.output else IMAGES / "jpeg_and_noise.png"
+        record = make_jpeg(out, None if args.download else args.weights_dir)
+        if out.resolve() == (IMAGES / "jpeg_and_noise.png").resolve():
+            write_sidecar_entry("jpeg_and_noise.png", record)
     if args.what in ("speed", "all"):
         out = args.output if args.what == "speed" and args.output else IMAGES / "psnr_vs_speed.png"
         record = make_speed_chart(out, args.results)

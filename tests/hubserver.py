@@ -55,6 +55,8 @@ class HubServer:
     def __init__(self) -> None:
         self._repos: dict[str, _Repo] = {}
         self._upstream: dict[str, bytes] = {}
+        self._padding: dict[str, int] = {}
+        self.sent: dict[str, int] = {}  # path -> body bytes the server managed to send
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.requests: list[Request] = []
@@ -84,11 +86,16 @@ class HubServer:
                 self._blobs[hashlib.sha256(data).hexdigest()] = data
             return commit
 
-    def add_upstream(self, url: str, data: bytes) -> None:
-        """Serve ``data`` for a https://github.com/... URL (the manifest's upstream ``url``)."""
+    def add_upstream(self, url: str, data: bytes, *, padding: int = 0) -> None:
+        """Serve ``data`` for a https://github.com/... URL (the manifest's upstream ``url``).
+
+        ``padding`` zero bytes follow ``data`` (streamed, never held in memory): a server that sends more
+        than the file it should.
+        """
         assert url.startswith(GITHUB + "/"), url
         with self._lock:
             self._upstream[url[len(GITHUB) :]] = data
+            self._padding[url[len(GITHUB) :]] = padding
 
     def remove_repo(self, repo_id: str) -> None:
         with self._lock:
@@ -181,6 +188,12 @@ class HubServer:
                 data = None
         return (200, {}, data) if data is not None else (404, {}, b"Not Found")
 
+    def _padding_of(self, origin: str, path: str) -> int:
+        if origin != "cdn" or not path.startswith("/raw/"):
+            return 0
+        with self._lock:
+            return self._padding.get(path[len("/raw") :], 0)
+
 
 def _handler(server: HubServer, origin: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -193,21 +206,37 @@ def _handler(server: HubServer, origin: str) -> type[BaseHTTPRequestHandler]:
                     Request(origin, self.command, path, {k.lower(): v for k, v in self.headers.items()})
                 )
             status, headers, body = server._resolve(path) if origin == "hub" else server._cdn(path)
+            padding = server._padding_of(origin, path) if status == 200 else 0
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) + padding))
             self.end_headers()
-            if with_body and body:
-                self.wfile.write(body)
+            if not with_body:
+                return
+            sent = 0
+            try:
+                for start in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[start : start + (1 << 16)])
+                    sent += len(body[start : start + (1 << 16)])
+                zeros = bytes(1 << 16)
+                while sent < len(body) + padding:
+                    chunk = zeros[: len(body) + padding - sent]
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client stopped reading: what a size cap does
+            finally:
+                with server._lock:
+                    server.sent[path] = server.sent.get(path, 0) + sent
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._answer(with_body=False)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(with_body=True)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     return Handler

@@ -27,7 +27,7 @@ from lightsr._api import convert_checkpoint
 from lightsr.errors import DownloadError, WeightsIntegrityError, WeightsNotFoundError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer  # noqa: E402
+from hubserver import HubServer
 
 # rfdn x4 (MIT): re-hostable, so it lives on the Hub. fdiwn x2 (no license): upstream fallback only.
 HUB_MODEL, HUB_SCALE, HUB_CKPT = "rfdn", 4, "RFDN_AIM_x4.pth"
@@ -88,10 +88,22 @@ def record(manifest: dict[str, Any], model: str, scale: int) -> dict[str, Any]:
 
 @pytest.fixture
 def server(caches: dict[str, Path], monkeypatch: pytest.MonkeyPatch, weights_dir: Path):
+    _hub._forget_unreachable()
     with HubServer() as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         monkeypatch.setenv("LIGHTSR_UPSTREAM_ENDPOINT", srv.url)
         yield srv
+    _hub._forget_unreachable()
+
+
+def closed_port_url() -> str:
+    """An http://127.0.0.1 URL nothing listens on: connections are refused, as on a machine with no network."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -536,3 +548,158 @@ def test_publish_selects_only_licensed_weights() -> None:
     unlicensed = {name for name, m in data["models"].items() if m["license"]["weights"] is None}
     assert {"imdn", "fdiwn", "pan"} <= unlicensed
     assert published == set(data["models"]) - unlicensed
+
+
+# ---------------------------------------------------------------------------------------------- issue 18
+
+
+def test_oversized_upstream_download_stops_at_the_pinned_size(
+    published: dict[str, Any], server: HubServer, caches: dict[str, Path], weights_dir: Path
+) -> None:
+    # The imdn-rtc case of the issue, with fdiwn: the right file followed by 100 MiB it should not send.
+    rec = published["upstream"]
+    server.add_upstream(rec["upstream"]["url"], (weights_dir / UP_CKPT).read_bytes(), padding=100 << 20)
+    with pytest.raises(WeightsIntegrityError, match=f"more than the {rec['upstream']['size']} bytes"):
+        _hub.resolve_weights(_zoo.describe(UP_MODEL, UP_SCALE))
+    sent = sum(n for path, n in server.sent.items() if path.startswith("/raw/"))
+    # Stopped at the cap: what was sent is the pinned size plus what the sockets' buffers took, not 100 MiB.
+    assert sent < rec["upstream"]["size"] + (16 << 20), sent
+    assert files_under(caches["lightsr"]) == []
+
+
+def test_cache_swapped_with_its_sidecar_is_caught_offline(
+    published: dict[str, Any], server: HubServer, monkeypatch: pytest.MonkeyPatch, converted: dict[str, bytes]
+) -> None:
+    desc = _zoo.describe(UP_MODEL, UP_SCALE)
+    path = _hub.resolve_weights(desc)
+    # Another valid safetensors file in its place, with a sidecar rewritten to vouch for it.
+    other = converted[HUB_MODEL]
+    path.write_bytes(other)
+    sidecar = path.with_name(path.name + ".json")
+    meta = json.loads(sidecar.read_text())
+    meta.update(sha256=sha256(other), size=len(other))
+    sidecar.write_text(json.dumps(meta))
+    server.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsIntegrityError, match=published["upstream"]["file"]["sha256"]):
+        _hub.resolve_weights(desc)
+    assert not path.exists() and not sidecar.exists()
+
+
+def test_converted_bytes_differing_from_the_manifest_keep_the_verified_upstream_file(
+    published: dict[str, Any],
+    server: HubServer,
+    caches: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    weights_dir: Path,
+) -> None:
+    # What a torch build that folds weight-norm differently produces: a converted file the manifest does
+    # not pin. It cannot be verified later, so the verified upstream file is cached and used instead.
+    rec = published["upstream"]
+    rec["file"]["sha256"] = "0" * 64
+    with pytest.warns(RuntimeWarning, match="converted at each load"):
+        first = _hub.resolve(_zoo.describe(UP_MODEL, UP_SCALE))
+    assert first.source == "upstream" and first.path == _hub.upstream_copy_path(rec)
+    assert sha256(first.path.read_bytes()) == rec["upstream"]["sha256"]
+    assert _hub.is_cached(rec)
+    server.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from lightsr._weights import load_checked
+
+    desc = _zoo.describe(UP_MODEL, UP_SCALE)
+    again = _hub.resolve(desc)
+    assert again == _hub.Resolved(first.path, "cache")
+    got, ref = load_checked(again.path, desc), load_checked(weights_dir / UP_CKPT, desc)
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in got)
+    first.path.write_bytes(b"x" + first.path.read_bytes()[1:])  # damaged on disk: caught, removed
+    with pytest.raises(WeightsIntegrityError, match=rec["upstream"]["sha256"]):
+        _hub.resolve_weights(_zoo.describe(UP_MODEL, UP_SCALE))
+    assert not first.path.exists()
+
+
+def test_unreachable_upstream_fails_fast_in_one_line(
+    published: dict[str, Any],
+    server: HubServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import time
+
+    monkeypatch.setenv("LIGHTSR_UPSTREAM_ENDPOINT", closed_port_url())
+    t0 = time.monotonic()
+    with caplog.at_level("DEBUG"), pytest.raises(DownloadError, match="cannot be reached") as info:
+        _hub.resolve_weights(_zoo.describe(UP_MODEL, UP_SCALE))
+    assert "\n" not in str(info.value) and "HF_HUB_OFFLINE=1" in str(info.value)
+    # Known unreachable: the next file does not even try (huggingface_hub retried 5 times, 1 s apart, each).
+    with pytest.raises(DownloadError, match="cannot be reached"):
+        _hub.resolve_weights(_zoo.describe("imdn", 2))
+    assert time.monotonic() - t0 < 5
+    assert not [r for r in caplog.records if "resume" in r.getMessage() or "Retrying" in r.getMessage()]
+
+
+def test_unreachable_hub_fails_fast(
+    published: dict[str, Any], server: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    with pytest.raises(DownloadError, match="cannot reach the Hub.*cannot be reached"):
+        _hub.resolve_weights(_zoo.describe(HUB_MODEL, HUB_SCALE))
+
+
+def test_download_all_with_no_network_is_quick_and_one_line_per_file(tmp_path: Path) -> None:
+    import time
+
+    dead = closed_port_url()
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(
+        HF_ENDPOINT=dead,
+        LIGHTSR_UPSTREAM_ENDPOINT=dead,
+        HF_HOME=str(tmp_path / "hf"),
+        LIGHTSR_CACHE=str(tmp_path / "lightsr"),
+    )
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "lightsr", "download", "--all"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - t0
+    lines = res.stderr.splitlines()
+    assert res.returncode == 1 and res.stdout == ""
+    assert len(lines) == len(_zoo.records()), res.stderr[-3000:]
+    assert all(line.startswith("lightsr: error: ") and "cannot be reached" in line for line in lines)
+    assert elapsed < 30, elapsed  # was 26 files x 6 attempts, a second apart (133 s on a dead network)
+
+
+def test_offline_mode_switched_off_after_import_is_honoured(
+    published: dict[str, Any], server: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    # As after `HF_HUB_OFFLINE=1 python -c "import lightsr"`: huggingface_hub froze it at import.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert not _hub.offline_mode()
+    assert _hub.resolve(_zoo.describe(UP_MODEL, UP_SCALE)).source == "upstream"
+    # ... and switched back on: honoured at the next call, with no request made.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(server.requests)
+    with pytest.raises(WeightsNotFoundError, match="offline"):
+        _hub.resolve(_zoo.describe("imdn", 2))
+    assert len(server.requests) == n
+
+
+def test_list_models_says_where_weights_come_from_today(published: dict[str, Any]) -> None:
+    info = {(m.name, m.scale): m for m in lightsr.list_models()}
+    assert info[(HUB_MODEL, HUB_SCALE)].hosted_on_hub  # the fixture published it
+    published["hub"]["hub"]["revision"] = None
+    info = {(m.name, m.scale): m for m in lightsr.list_models()}
+    assert not info[(HUB_MODEL, HUB_SCALE)].hosted_on_hub, "an MIT model with no published revision"
+    assert not info[(UP_MODEL, UP_SCALE)].hosted_on_hub
+
+
+def test_shipped_manifest_publishes_nothing_yet() -> None:
+    # docs/weights.md says so: when the maintainers publish, this test and that page change together.
+    assert not any(m.hosted_on_hub for m in lightsr.list_models())
