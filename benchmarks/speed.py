@@ -10,6 +10,10 @@ table reports medians and the median of the per-round ratios to ``plain``:
 * ``fast fp32`` / ``fast auto``: ``lightsr._fastpath.optimize_for_inference`` in fp32 and in the
   precision ``precision="auto"`` picks on this device (bf16 on CPUs with bf16 units, fp16 on CUDA).
 * ``up fp32`` / ``up auto``: ``Upscaler.upscale`` as the engine runs it today (tiling ``"auto"``).
+* ``ORT fp32`` / ``OV fp32`` / ``OV bf16`` (``--engines``, CPU, where installed): ONNX Runtime (all graph
+  optimisations, the torch thread count) and OpenVINO (latency hint, fp32 or bf16 inference precision; bf16
+  only on CPUs with bf16 units) on the same exported network (``lightsr._backends.onnx_model`` of
+  ``plain``), compiled for the input shape before timing. ``fastest`` names the quickest variant of the row.
 
 Inputs: 320x180 LR for x4 (1280x720 out), 640x360 for x2, 427x240 for x3. Throughput is output
 megapixels per second. ``max|d|`` is the largest absolute difference to ``plain`` (fp32), ``dPSNR``
@@ -87,7 +91,9 @@ def machine_info(device: torch.device) -> dict[str, str]:
                 flags = set(line.split(":", 1)[1].split())
     info["cpu"] = model
     info["cores"] = str(os.cpu_count())
-    info["bf16 units"] = ", ".join(f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16") if f in flags) or "none"
+    info["bf16 units"] = (
+        ", ".join(f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16") if f in flags) or "none"
+    )
     info["threads"] = str(torch.get_num_threads())
     with contextlib.suppress(OSError):
         info["load average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -203,7 +209,9 @@ def conv_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int 
     return _PEAK_CACHE[key]
 
 
-def remeasure_peaks(device: torch.device, rounds: int = 10) -> dict[tuple[int, torch.dtype], tuple[float, float]]:
+def remeasure_peaks(
+    device: torch.device, rounds: int = 10
+) -> dict[tuple[int, torch.dtype], tuple[float, float]]:
     """Measure every cached peak once more and keep the higher value; {(width, dtype): (first, second)}.
 
     On a shared host a single measurement can land in a busy minute (2026-12-02, AMD EPYC: width 50 fp32
@@ -221,11 +229,15 @@ def remeasure_peaks(device: torch.device, rounds: int = 10) -> dict[tuple[int, t
 
 
 def _measure_peak(width: int, dtype: torch.dtype, device: torch.device, rounds: int) -> float:
-    conv = nn.Conv2d(width, width, 3, padding=1).to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    conv = nn.Conv2d(width, width, 3, padding=1).to(
+        device=device, dtype=dtype, memory_format=torch.channels_last
+    )
     best = 0.0
     with torch.inference_mode():
         for h, w in ((64, 64), (128, 128), (180, 320)):
-            x = torch.randn(1, width, h, w, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(1, width, h, w, device=device, dtype=dtype).contiguous(
+                memory_format=torch.channels_last
+            )
             reps = max(1, 60000 // (h * w))
             conv(x)
             for _ in range(rounds):
@@ -282,7 +294,12 @@ def landed_cases(shared: Path, wanted: Sequence[str] | None, quick: bool) -> lis
 def load(case: Case, precision: str, device: torch.device) -> lightsr.Upscaler:
     rec = case.record
     return lightsr.load_model(
-        rec["model"], rec["scale"], weights=case.weights, device=device, precision=precision, variant=rec.get("variant")
+        rec["model"],
+        rec["scale"],
+        weights=case.weights,
+        device=device,
+        precision=precision,
+        variant=rec.get("variant"),
     )
 
 
@@ -291,14 +308,20 @@ def natural_lr(shared: Path, h: int, w: int) -> torch.Tensor:
     features up to 1e4..1e10, which says nothing about images and swamps the fp32 comparison."""
     from PIL import Image
 
-    img = Image.open(shared / "benchmarks" / "Set14" / "HR" / "baboon.png").convert("RGB").resize((w, h), Image.BICUBIC)
+    img = (
+        Image.open(shared / "benchmarks" / "Set14" / "HR" / "baboon.png")
+        .convert("RGB")
+        .resize((w, h), Image.BICUBIC)
+    )
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 class _FnUpscaler:
     """The minimum ``lightsr.evaluate`` needs from a model: ``scale`` and ``upscale(x, tile_size=None)``."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], scale: int, name: str, device: torch.device):
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], scale: int, name: str, device: torch.device
+    ):
         self.fn, self.scale, self.name, self.device = fn, scale, name, device
 
     def upscale(self, x: torch.Tensor, tile_size: Any = None) -> torch.Tensor:
@@ -306,7 +329,9 @@ class _FnUpscaler:
             return self.fn(x.to(self.device)).float().cpu()
 
 
-def set5_psnr(fn: Callable[[torch.Tensor], torch.Tensor], scale: int, shared: Path, device: torch.device) -> float:
+def set5_psnr(
+    fn: Callable[[torch.Tensor], torch.Tensor], scale: int, shared: Path, device: torch.device
+) -> float:
     res = lightsr.evaluate(_FnUpscaler(fn, scale, "x", device), shared / "benchmarks" / "Set5")
     return res.psnr_y
 
@@ -334,7 +359,49 @@ class Row:
             self.pct_peak[name] = 100.0 * 2 * self.gmac * 1e9 / statistics.median(self.times[name]) / peak
 
 
-def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr: bool, upscaler: bool) -> Row:
+ENGINE_COLUMNS = ("ORT fp32", "OV fp32", "OV bf16")
+
+
+def engine_fns(
+    plain: nn.Module, desc: Any, x: torch.Tensor, device: torch.device
+) -> dict[str, Callable[[], Any]]:
+    """The installed engines on one exported graph of ``plain`` (none off the CPU or without a graph)."""
+    from lightsr import _backends
+    from lightsr._engine import cpu_has_bf16_units
+    from lightsr.errors import LightSRError
+
+    if device.type != "cpu" or not _backends.installed("onnxruntime") and not _backends.installed("openvino"):
+        return {}
+    try:
+        graph = _backends.onnx_model(plain, desc).SerializeToString()
+    except LightSRError as exc:
+        print(f"<!-- {desc.name} x{desc.scale}: no engines ({exc}) -->", file=sys.stderr)
+        return {}
+    fns: dict[str, Callable[[], Any]] = {}
+    if _backends.installed("onnxruntime"):
+        ort = _backends.OnnxRuntimeBackend(graph)
+        fns["ORT fp32"] = lambda: ort(x)
+    if _backends.installed("openvino"):
+        ov32 = _backends.OpenVINOBackend(graph)
+        fns["OV fp32"] = lambda: ov32(x)
+        if cpu_has_bf16_units():
+            ov16 = _backends.OpenVINOBackend(graph, bf16=True)
+            fns["OV bf16"] = lambda: ov16(x)
+    with torch.inference_mode():
+        for fn in fns.values():  # OpenVINO compiles for the shape here, so no timed call includes it
+            fn()
+    return fns
+
+
+def bench_case(
+    case: Case,
+    device: torch.device,
+    rounds: int,
+    shared: Path,
+    psnr: bool,
+    upscaler: bool,
+    engines: bool = False,
+) -> Row:
     up32 = load(case, "fp32", device)
     plain = up32.module
     desc = up32.descriptor
@@ -361,6 +428,8 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
         upauto = load(case, "auto", device)
         fns["up fp32"] = lambda: up32.upscale(x)
         fns["up auto"] = lambda: upauto.upscale(x)
+    if engines:
+        fns.update(engine_fns(plain, desc, x, device))
     # The first call of every variant is its warm-up (a warm-up round more would cost a third of the
     # benchmark's time: FDIWN x2, 26 s); it is timed too, and plain's and fast fp32's outputs are compared.
     warm: dict[str, float] = {}
@@ -381,7 +450,8 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
     if long_row:
         # One timed round, and the warm-up round counts as a second: in calls this long the first call's
         # set-up (oneDNN primitives, first allocations) measured 1-2% (rlfn x2, fdiwn x3), well inside
-        # the noise that a single pair of calls leaves (fdiwn x3 fp32: 0.98x in one run, 1.21-1.26x in others).
+        # the noise that a single pair of calls leaves (fdiwn x3 fp32: 0.98x in one run, 1.21-1.26x in
+        # others).
         rounds = 1
     else:
         rounds = max(rounds, min(MAX_ROUNDS, int(SHORT_ROWS_TIMING_S / round_s)))
@@ -401,14 +471,27 @@ def bench_case(case: Case, device: torch.device, rounds: int, shared: Path, psnr
         dpsnr = set5_psnr(fastauto, s, shared, device) - base
     out_mp = h * s * w * s / 1e6
     dtypes = {"plain": torch.float32, "fast fp32": torch.float32, "fast auto": auto_dtype}
-    row = Row(case.label, (w, h), out_mp, macs / 1e9, width, DTYPE_NAME[auto_dtype], times, speed, max_diff, dpsnr,
-              dtypes=dtypes)
+    row = Row(
+        case.label,
+        (w, h),
+        out_mp,
+        macs / 1e9,
+        width,
+        DTYPE_NAME[auto_dtype],
+        times,
+        speed,
+        max_diff,
+        dpsnr,
+        dtypes=dtypes,
+    )
     row.update_pct_peak(device)
     return row
 
 
 # ------------------------------------------------------------------------------------------ ablation
-def ablation(case: Case, device: torch.device, rounds: int, shared: Path) -> list[tuple[str, float, float, int]]:
+def ablation(
+    case: Case, device: torch.device, rounds: int, shared: Path
+) -> list[tuple[str, float, float, int]]:
     """Each rewrite's share: cumulative passes in the auto dtype; (step, MP/s, x plain, rewrites)."""
     up32 = load(case, "fp32", device)
     plain, desc = up32.module, up32.descriptor
@@ -418,7 +501,10 @@ def ablation(case: Case, device: torch.device, rounds: int, shared: Path) -> lis
     steps: list[tuple[str, tuple[str, ...]]] = [("cast + channels-last only", ())]
     for i, p in enumerate(PASSES):
         steps.append((f"+ {p}", PASSES[: i + 1]))
-    mods = {label: optimize_for_inference(plain, desc, dtype=dtype, device=device, passes=ps) for label, ps in steps}
+    mods = {
+        label: optimize_for_inference(plain, desc, dtype=dtype, device=device, passes=ps)
+        for label, ps in steps
+    }
     # A pass that rewrote nothing leaves the previous step's network: not timed again.
     same_as: dict[str, str] = {}
     for (label, _), (prev, _) in zip(steps[1:], steps[:-1], strict=True):
@@ -432,12 +518,16 @@ def ablation(case: Case, device: torch.device, rounds: int, shared: Path) -> lis
     out = []
     for label, _ in steps:
         n = sum(v for k, v in mods[label].report.items() if k in PASSES)
-        out.append((label, mp / statistics.median(times[label]), paired_speedup(times["plain"], times[label]), n))
+        out.append(
+            (label, mp / statistics.median(times[label]), paired_speedup(times["plain"], times[label]), n)
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------------ tiling
-def tiling_overhead(case: Case, device: torch.device, rounds: int, shared: Path, size: int = 1024) -> tuple[float, float, Any]:
+def tiling_overhead(
+    case: Case, device: torch.device, rounds: int, shared: Path, size: int = 1024
+) -> tuple[float, float, Any]:
     """Seconds for a size x size LR input whole vs. with the default tiling; (whole, tiled, plan)."""
     up = load(case, "auto", device)
     x = natural_lr(shared, size, size).to(device)
@@ -471,7 +561,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def cli_peak_rss(case: Case, side: int, workdir: Path, fmt: str, precision: str) -> tuple[float, float, int, str]:
+def cli_peak_rss(
+    case: Case, side: int, workdir: Path, fmt: str, precision: str
+) -> tuple[float, float, int, str]:
     """Peak resident MB, seconds and exit status of ``lightsr upscale`` on a side x side RGB image (child)."""
     from PIL import Image
 
@@ -483,9 +575,25 @@ def cli_peak_rss(case: Case, side: int, workdir: Path, fmt: str, precision: str)
         Image.fromarray(small).resize((side, side), Image.BILINEAR).save(src)
     out = workdir / f"out_{side}"
     cmd = [
-        sys.executable, "-c", _CLI_WITH_HIGH_WATER_MARK, "upscale", str(src), "-o", str(out), "--model", case.record["model"],
-        "--scale", str(case.record["scale"]), "--weights", str(case.weights), "--precision", precision,
-        "--format", fmt, "--overwrite", "-q",
+        sys.executable,
+        "-c",
+        _CLI_WITH_HIGH_WATER_MARK,
+        "upscale",
+        str(src),
+        "-o",
+        str(out),
+        "--model",
+        case.record["model"],
+        "--scale",
+        str(case.record["scale"]),
+        "--weights",
+        str(case.weights),
+        "--precision",
+        precision,
+        "--format",
+        fmt,
+        "--overwrite",
+        "-q",
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -514,19 +622,38 @@ def write_json(
     out_rows = []
     for r in rows:
         model, scale = r.label.split(" x")
-        for variant, precision in (("plain", "fp32 plain PyTorch"), ("fast fp32", "fp32"), ("fast auto", r.auto)):
-            out_rows.append({
-                "model": model, "scale": int(scale), "precision": precision, "variant": variant,
-                "input": [r.lr[1], r.lr[0]], "ms": round(1000 * statistics.median(r.times[variant]), 2),
-                "speedup": round(r.speedup[variant], 3), "gmac": round(r.gmac, 3),
-                "percent_of_peak": round(r.pct_peak[variant], 1), "rounds": len(r.times[variant]),
-                "output_mp_per_s": round(r.out_mp / statistics.median(r.times[variant]), 3),
-            })
+        for variant, precision in (
+            ("plain", "fp32 plain PyTorch"),
+            ("fast fp32", "fp32"),
+            ("fast auto", r.auto),
+        ):
+            out_rows.append(
+                {
+                    "model": model,
+                    "scale": int(scale),
+                    "precision": precision,
+                    "variant": variant,
+                    "input": [r.lr[1], r.lr[0]],
+                    "ms": round(1000 * statistics.median(r.times[variant]), 2),
+                    "speedup": round(r.speedup[variant], 3),
+                    "gmac": round(r.gmac, 3),
+                    "percent_of_peak": round(r.pct_peak[variant], 1),
+                    "rounds": len(r.times[variant]),
+                    "output_mp_per_s": round(r.out_mp / statistics.median(r.times[variant]), 3),
+                }
+            )
             if variant == "fast fp32":
                 out_rows[-1]["max_abs_diff"] = r.max_diff
             if variant == "fast auto" and r.dpsnr is not None:
                 out_rows[-1]["dpsnr_set5"] = round(r.dpsnr, 4)
-    data = {"kind": "speed", "device": device, "machine": machine, "rounds": rounds, "rows": out_rows, **(extra or {})}
+    data = {
+        "kind": "speed",
+        "device": device,
+        "machine": machine,
+        "rounds": rounds,
+        "rows": out_rows,
+        **(extra or {}),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
@@ -548,25 +675,57 @@ def fmt_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", metavar="NAME[:SCALE]", help="models to run (default: every landed one)")
-    ap.add_argument("--quick", action="store_true", help="one scale per model, no ablation or tiling check, 1500px memory run only")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--models", nargs="*", metavar="NAME[:SCALE]", help="models to run (default: every landed one)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="one scale per model, no ablation or tiling check, 1500px memory run only",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per variant (default 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder (weights, Set5)")
     ap.add_argument("--no-psnr", action="store_true", help="skip the Set5 PSNR check")
-    ap.add_argument("--upscaler", action="store_true",
-                    help="also time Upscaler.upscale as the engine runs it (fp32 and auto): two more variants")
+    ap.add_argument(
+        "--upscaler",
+        action="store_true",
+        help="also time Upscaler.upscale as the engine runs it (fp32 and auto): two more variants",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the CLI peak-memory runs")
-    ap.add_argument("--memory-sizes", type=int, nargs="*", default=None, help="image sides for the memory runs")
-    ap.add_argument("--memory-format", default="tiff", help="output format of the memory runs (tiff: no PNG encoder time)")
-    ap.add_argument("--ablation", nargs="*", default=None, metavar="NAME[:SCALE]",
-                    help="models for the per-rewrite table (default rfdn:4 imdn:4; none with --quick)")
-    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
-                    help="also write the timings as JSON for scripts/make_figures.py (default for a full run: "
-                         "benchmarks/results/speed.json; '-' for none)")
-    ap.add_argument("--tiling", action="store_true", default=None, help="run the 1024x1024 tiling-overhead check")
+    ap.add_argument(
+        "--engines",
+        action="store_true",
+        help="also time ONNX Runtime fp32 and OpenVINO fp32/bf16 on the exported network (CPU)",
+    )
+    ap.add_argument(
+        "--memory-sizes", type=int, nargs="*", default=None, help="image sides for the memory runs"
+    )
+    ap.add_argument(
+        "--memory-format", default="tiff", help="output format of the memory runs (tiff: no PNG encoder time)"
+    )
+    ap.add_argument(
+        "--ablation",
+        nargs="*",
+        default=None,
+        metavar="NAME[:SCALE]",
+        help="models for the per-rewrite table (default rfdn:4 imdn:4; none with --quick)",
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the timings as JSON for scripts/make_figures.py (default for a full run: "
+        "benchmarks/results/speed.json; '-' for none)",
+    )
+    ap.add_argument(
+        "--tiling", action="store_true", default=None, help="run the 1024x1024 tiling-overhead check"
+    )
     ap.add_argument("--no-tiling", dest="tiling", action="store_false")
     args = ap.parse_args(argv)
 
@@ -582,48 +741,84 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("## Machine\n")
     print(fmt_table(["", ""], machine_info(device).items()))
-    print(f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round; where a round takes over "
-          f"{LONG_ROUND_S:.0f} s, the warm-up round and 1 more; up to {MAX_ROUNDS} where {SHORT_ROWS_TIMING_S:.0f} s "
-          "of timing allows); ratios are medians of per-round ratios\n")
+    print(
+        f"\nrounds per variant: {rounds} (interleaved, after 1 warm-up round; where a round takes over "
+        f"{LONG_ROUND_S:.0f} s, the warm-up round and 1 more; up to {MAX_ROUNDS} where "
+        f"{SHORT_ROWS_TIMING_S:.0f} s "
+        "of timing allows); ratios are medians of per-round ratios\n"
+    )
 
     print("## Throughput (output megapixels per second; x = speed-up over plain)\n", flush=True)
-    header = ["model", "LR in", "GMAC", "plain MP/s", "fast fp32", "max abs d", "auto", "fast auto", "dPSNR Set5"]
+    header = [
+        "model",
+        "LR in",
+        "GMAC",
+        "plain MP/s",
+        "fast fp32",
+        "max abs d",
+        "auto",
+        "fast auto",
+        "dPSNR Set5",
+    ]
     if args.upscaler:
         header += ["up fp32", "up auto"]
+    if args.engines:
+        header += [*ENGINE_COLUMNS, "fastest"]
     header += ["% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"]
     print(fmt_table(header, []), flush=True)
     rows = []
     for case in cases:  # each row is printed as soon as it is measured: a cut-off run still reports
         t0 = time.perf_counter()
-        r = bench_case(case, device, rounds, args.shared, not args.no_psnr, args.upscaler)
+        r = bench_case(case, device, rounds, args.shared, not args.no_psnr, args.upscaler, args.engines)
         rows.append(r)
         med = {k: statistics.median(v) for k, v in r.times.items()}
         cells = [
-            r.label, f"{r.lr[0]}x{r.lr[1]}", f"{r.gmac:.1f}", f"{r.out_mp / med['plain']:.2f}",
-            f"{r.out_mp / med['fast fp32']:.2f} ({r.speedup['fast fp32']:.2f}x)", f"{r.max_diff:.1e}", r.auto,
+            r.label,
+            f"{r.lr[0]}x{r.lr[1]}",
+            f"{r.gmac:.1f}",
+            f"{r.out_mp / med['plain']:.2f}",
+            f"{r.out_mp / med['fast fp32']:.2f} ({r.speedup['fast fp32']:.2f}x)",
+            f"{r.max_diff:.1e}",
+            r.auto,
             f"{r.out_mp / med['fast auto']:.2f} ({r.speedup['fast auto']:.2f}x)",
             "-" if r.dpsnr is None else f"{r.dpsnr:+.3f}",
         ]
         if args.upscaler:
             cells += [f"{r.speedup['up fp32']:.2f}x", f"{r.speedup['up auto']:.2f}x"]
+        if args.engines:
+            cells += [
+                f"{r.out_mp / med[k]:.2f} ({r.speedup[k]:.2f}x)" if k in med else "-" for k in ENGINE_COLUMNS
+            ]
+            cells.append(min(med, key=med.get))
         cells += roofline_cells(r)
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
-    json_path = args.json if args.json is not None else (None if (args.quick or args.models) else RESULTS / "speed.json")
+    json_path = (
+        args.json
+        if args.json is not None
+        else (None if (args.quick or args.models) else RESULTS / "speed.json")
+    )
     extra: dict[str, Any] = {
-        "long_round_s": LONG_ROUND_S, "long_rows_time_warmup": True, "short_rows_timing_s": SHORT_ROWS_TIMING_S,
+        "long_round_s": LONG_ROUND_S,
+        "long_rows_time_warmup": True,
+        "short_rows_timing_s": SHORT_ROWS_TIMING_S,
         "max_rounds": MAX_ROUNDS,
     }
     # Every peak is measured a second time, after the rows; the shares in the JSON (and the docs) use the
     # higher of the two, and the rows whose shares fell are printed again.
     changed = {k: v for k, v in remeasure_peaks(device).items() if v[1] > 1.01 * v[0]}
     extra["conv_peaks_first_gflops"] = [
-        {"width": w, "precision": DTYPE_NAME[d], "gflops": round(first / 1e9, 1)} for (w, d), (first, _) in changed.items()
+        {"width": w, "precision": DTYPE_NAME[d], "gflops": round(first / 1e9, 1)}
+        for (w, d), (first, _) in changed.items()
     ]
     if changed:
-        print("\nPeaks measured again after the rows (width: first -> second GFLOP/s): " + ", ".join(
-            f"{w} {DTYPE_NAME[d]}: {a / 1e9:.0f} -> {b / 1e9:.0f}" for (w, d), (a, b) in sorted(
-                changed.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))))
+        print(
+            "\nPeaks measured again after the rows (width: first -> second GFLOP/s): "
+            + ", ".join(
+                f"{w} {DTYPE_NAME[d]}: {a / 1e9:.0f} -> {b / 1e9:.0f}"
+                for (w, d), (a, b) in sorted(changed.items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+            )
+        )
         redo = []
         for r in rows:
             before = dict(r.pct_peak)
@@ -631,14 +826,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r.pct_peak != before:
                 redo.append((r.label, *roofline_cells(r)))
         print("\nRows against the higher peaks:\n")
-        print(fmt_table(["model", "% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"], redo), flush=True)
+        print(
+            fmt_table(["model", "% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"], redo),
+            flush=True,
+        )
     peaks = sorted({(k[0], k[1]) for k in _PEAK_CACHE}, key=lambda t: (t[0], str(t[1])))
     extra["conv_peaks_gflops"] = [
         {"width": w, "precision": DTYPE_NAME[d], "gflops": round(_PEAK_CACHE[(w, d, str(device))] / 1e9, 1)}
         for w, d in peaks
     ]
-    print("\nMeasured 3x3-conv peaks (width: GFLOP/s): " + ", ".join(
-        f"{w} {DTYPE_NAME[d]}: {_PEAK_CACHE[(w, d, str(device))] / 1e9:.0f}" for w, d in peaks), flush=True)
+    print(
+        "\nMeasured 3x3-conv peaks (width: GFLOP/s): "
+        + ", ".join(f"{w} {DTYPE_NAME[d]}: {_PEAK_CACHE[(w, d, str(device))] / 1e9:.0f}" for w, d in peaks),
+        flush=True,
+    )
 
     ablate = args.ablation if args.ablation is not None else ([] if args.quick else ["rfdn:4", "imdn:4"])
     if ablate:
@@ -646,7 +847,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in landed_cases(args.shared, ablate, False):
             res = ablation(case, device, rounds, args.shared)
             print(f"**{case.label}**\n")
-            print(fmt_table(["step", "MP/s", "x plain", "rewrites"], [(s, f"{mp:.2f}", f"{x:.2f}x", n) for s, mp, x, n in res]))
+            print(
+                fmt_table(
+                    ["step", "MP/s", "x plain", "rewrites"],
+                    [(s, f"{mp:.2f}", f"{x:.2f}x", n) for s, mp, x, n in res],
+                )
+            )
             print(flush=True)
 
     run_tiling = args.tiling if args.tiling is not None else not args.quick
@@ -654,31 +860,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n## Tiling overhead (1024x1024 LR, precision auto)\n")
         case = next((c for c in landed_cases(args.shared, ["rfdn:4"], False)), cases[0])
         whole, tiled, plan = tiling_overhead(case, device, max(3, rounds), args.shared)
-        print(fmt_table(["model", "whole s", "default tiling s", "overhead", "plan"],
-                        [(case.label, f"{whole:.2f}", f"{tiled:.2f}", f"{100 * (tiled / whole - 1):+.1f}%", plan)]))
-        extra["tiling_overhead"] = {"model": case.label, "input": [1024, 1024], "whole_s": round(whole, 3),
-                                    "tiled_s": round(tiled, 3), "plan": str(plan)}
+        print(
+            fmt_table(
+                ["model", "whole s", "default tiling s", "overhead", "plan"],
+                [(case.label, f"{whole:.2f}", f"{tiled:.2f}", f"{100 * (tiled / whole - 1):+.1f}%", plan)],
+            )
+        )
+        extra["tiling_overhead"] = {
+            "model": case.label,
+            "input": [1024, 1024],
+            "whole_s": round(whole, 3),
+            "tiled_s": round(tiled, 3),
+            "plan": str(plan),
+        }
         print(flush=True)
 
     if not args.no_memory:
         sizes = args.memory_sizes or ([1500] if args.quick else [1500, 3000])
         case = next((c for c in landed_cases(args.shared, ["rfdn:4"], False)), cases[0])
-        print(f"\n## Peak memory of `lightsr upscale` ({case.label}, precision auto, output {args.memory_format})\n")
+        print(
+            f"\n## Peak memory of `lightsr upscale` ({case.label}, precision auto, "
+            f"output {args.memory_format})\n"
+        )
         mem_rows = []
         with tempfile.TemporaryDirectory(prefix="lightsr-bench-") as tmp:
             for side in sizes:
                 mb, sec, rc, err = cli_peak_rss(case, side, Path(tmp), args.memory_format, "auto")
                 out_mb = side * side * case.record["scale"] ** 2 * 3 / 1e6
-                mem_rows.append((f"{side}x{side}", f"{out_mb:.0f} MB", f"{mb:.0f} MB", f"{sec:.0f}",
-                                 "ok" if rc == 0 else f"exit {rc}: {err}"))
-                extra.setdefault("memory", []).append({
-                    "model": case.label, "input": [side, side], "output_mb": round(out_mb, 1), "peak_rss_mb": round(mb, 1),
-                    "seconds": round(sec, 1), "status": "ok" if rc == 0 else f"exit {rc}: {err}"})
+                mem_rows.append(
+                    (
+                        f"{side}x{side}",
+                        f"{out_mb:.0f} MB",
+                        f"{mb:.0f} MB",
+                        f"{sec:.0f}",
+                        "ok" if rc == 0 else f"exit {rc}: {err}",
+                    )
+                )
+                extra.setdefault("memory", []).append(
+                    {
+                        "model": case.label,
+                        "input": [side, side],
+                        "output_mb": round(out_mb, 1),
+                        "peak_rss_mb": round(mb, 1),
+                        "seconds": round(sec, 1),
+                        "status": "ok" if rc == 0 else f"exit {rc}: {err}",
+                    }
+                )
         print(fmt_table(["input", "uint8 output", "peak RSS", "seconds", "status"], mem_rows))
 
     wall = time.perf_counter() - started
-    print(f"\nbenchmark wall time: {wall:.0f} s; load average at the end: "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"\nbenchmark wall time: {wall:.0f} s; load average at the end: "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     if json_path is not None and str(json_path) != "-":
         extra["wall_seconds"] = round(wall)
         write_json(json_path, rows, machine_info(device), rounds, extra)

@@ -11,7 +11,19 @@ from lightsr import errors
 from lightsr._api import ModelInfo, convert_checkpoint, download_weights, list_models
 from lightsr._engine import Upscaler, load_model, upscale
 from lightsr._evaluate import evaluate
+from lightsr._export import export
 from lightsr._version import __version__
 
-__all__ = ["__version__", "errors", "load_model", "upscale", "Upscaler", "convert_checkpoint", "evaluate",
-           "list_models", "download_weights", "ModelInfo"]
+__all__ = [
+    "ModelInfo",
+    "Upscaler",
+    "__version__",
+    "convert_checkpoint",
+    "download_weights",
+    "errors",
+    "evaluate",
+    "export",
+    "list_models",
+    "load_model",
+    "upscale",
+]

@@ -126,5 +126,5 @@ def download_weights(name: str, scale: int | None = None, *, variant: str | None
             raise UnknownModelError(name, _zoo.model_names())
         scales = list(_zoo.scales_of(name.lower()))
     else:
-        scales = [int(scale)]
+        scales = [_zoo.check_scale(scale, name)]
     return [_hub.resolve_weights(describe(name, s, variant)) for s in scales]

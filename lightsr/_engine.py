@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightsr import _hub, _image
+from lightsr import _backends, _hub, _image
 from lightsr._fastpath import FastModule, optimize_for_inference
 from lightsr._tiling import (
     TileRegion,
@@ -29,7 +29,7 @@ from lightsr._tiling import (
     tiled_apply,
 )
 from lightsr._weights import identify_checkpoint, load_into, load_weights_file
-from lightsr._zoo import ModelDescriptor, describe
+from lightsr._zoo import ModelDescriptor, check_scale, describe
 from lightsr.errors import CheckpointError, DeviceError, InputError
 
 logger = logging.getLogger("lightsr")
@@ -177,11 +177,36 @@ def _model_dtype(precision: str, device: torch.device, desc: ModelDescriptor) ->
     return dtype
 
 
+# How allocation failures read where torch raises a plain RuntimeError: MPS and some CUDA paths (cuDNN
+# workspace) say "out of memory"; the CPU allocator says "DefaultCPUAllocator: can't allocate memory".
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+
+
 def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):  # torch.cuda.OutOfMemoryError is this class
+    """An allocation failure on any device: worth retrying with smaller tiles."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):  # torch.cuda.OutOfMemoryError is the former
         return True
-    # MPS and some CUDA paths (cuDNN workspace) report plain RuntimeErrors.
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
+
+
+_fork_guard_lock = threading.Lock()
+_fork_guard_installed = False
+
+
+def _one_thread_after_fork() -> None:
+    # A forked child inherits the parent's OpenMP pool state but not its threads: the first parallel
+    # kernel then waits forever for workers that do not exist (plain conv2d does too). One thread runs
+    # every kernel inline, so the child works (serially); 'spawn' children get the full pool.
+    torch.set_num_threads(1)
+
+
+def _install_fork_guard() -> None:
+    """Once per process that builds an Upscaler: forked children run torch on one thread, not hang."""
+    global _fork_guard_installed
+    with _fork_guard_lock:
+        if not _fork_guard_installed and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_one_thread_after_fork)
+            _fork_guard_installed = True
 
 
 def _free_cached_memory(device: torch.device) -> None:
@@ -253,6 +278,12 @@ class Upscaler:
     channels-last memory layout; any tile whose reduced-precision output holds NaN or Inf is
     recomputed with ``module`` in fp32. Calls keep no state on the instance, so threads of a server
     may call :meth:`upscale` on one Upscaler at once and get what serial calls would give.
+    ``backend`` names what runs the network's calls: ``'torch'``, ``'onnxruntime'`` or ``'openvino'``
+    (see :func:`load_model`); everything else above is the same on each.
+    In a child made by ``fork`` (``multiprocessing``'s default on Linux before Python 3.14) an Upscaler
+    works, on one CPU thread (PyTorch's thread pool does not survive a fork: without this it would hang);
+    for parallel work, create the processes with the ``'spawn'`` or ``'forkserver'`` start method and load
+    the model in each.
 
     Large images run in overlapping, cross-faded tiles. For networks that reduce whole feature maps
     (channel attention, GroupNorm, global pooling), tiled runs first gather those statistics over
@@ -261,7 +292,9 @@ class Upscaler:
 
     Example:
         >>> import torch, lightsr
-        >>> up = lightsr.load_model("rfdn", scale=4, weights="../shared/weights/RFDN_AIM_x4.pth", precision="fp32")
+        >>> up = lightsr.load_model(
+        ...     "rfdn", scale=4, weights="../shared/weights/RFDN_AIM_x4.pth", precision="fp32"
+        ... )
         >>> up.upscale(torch.rand(1, 3, 16, 16)).shape
         torch.Size([1, 3, 64, 64])
     """
@@ -274,7 +307,9 @@ class Upscaler:
         device: torch.device,
         dtype: torch.dtype,
         compile: bool = False,
+        backend: str = "torch",
     ):
+        _install_fork_guard()
         self.descriptor = descriptor
         self.device = device
         self.dtype = dtype
@@ -303,6 +338,15 @@ class Upscaler:
         # torch.compile's first calls (tracing) are not thread-safe: compiled calls are serialised.
         self._compiled: Any = torch.compile(compute, dynamic=None) if compile else None
         self._compile_lock = threading.Lock() if compile else None
+        # An inference engine (lightsr._backends) runs the network's plain calls; statistics passes and
+        # the fp32 recomputation of non-finite tiles stay on torch.
+        if compile and backend != "torch":
+            raise DeviceError("compile=True applies to the torch backend; drop it or use backend='torch'")
+        self._backend: Any = _backends.make_backend(
+            backend, self.module, descriptor, dtype=dtype, device=device, bf16_units=cpu_has_bf16_units()
+        )
+        self.backend = backend if self._backend is not None else "torch"
+        self._torch_reason_logged = False
         # Networks that reduce whole feature maps (channel attention, GroupNorm...) need statistics
         # passes when tiled; counted once on a small probe.
         side = padded_length(max(descriptor.traits.min_size, 16), 1, descriptor.traits.size_multiple)
@@ -328,7 +372,8 @@ class Upscaler:
     def __repr__(self) -> str:
         return (
             f"Upscaler(name={self.name!r}, scale={self.scale}, device={str(self.device)!r}, "
-            f"precision={self.precision!r})"
+            f"precision={self.precision!r}"
+            + (f", backend={self.backend!r})" if self.backend != "torch" else ")")
         )
 
     # ------------------------------------------------------------------ public entry point
@@ -339,7 +384,7 @@ class Upscaler:
         tile_size: int | str | None = "auto",
         tile_pad: int | None = None,
         batch_size: int | None = None,
-        max_pixels: int | None = None,
+        max_pixels: int | None = _image.DEFAULT_MAX_PIXELS,
         progress: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Upscale ``image`` by :attr:`scale`; the result is the same kind of object as the input.
@@ -356,16 +401,27 @@ class Upscaler:
         (>= 16, LR pixels) forces tiles of at most that side. ``tile_pad`` is the LR context around each
         tile (default :data:`DEFAULT_TILE_PAD`); tiles are cross-faded, so the result has no seams.
         ``batch_size`` caps how many images (whole runs) or tiles (tiled runs) go through the network
-        at once (default: what fits the budget). ``max_pixels`` refuses inputs with more than that many
-        pixels (:class:`~lightsr.errors.ImageTooLargeError`), e.g. in a web server.
-        On out-of-memory the batch is split and then the tile halved and the run retried, down to 16
-        LR pixels, before a :class:`~lightsr.errors.DeviceError`. ``progress``, if given, is called
+        at once (default: what fits the budget).
+
+        Limits, checked before any decoding or network run (a file from its header alone), each an
+        :class:`~lightsr.errors.ImageTooLargeError` naming the size and the limit: ``max_pixels`` refuses
+        inputs with more than that many pixels (default 89_478_485, Pillow's decompression-bomb limit,
+        e.g. 9459 x 9459; ``None`` lifts it); and an input whose
+        result (``scale**2`` times its pixels, in float32 and in its own dtype) would not fit in the memory
+        available now is refused whatever ``max_pixels`` says: upscale a smaller image, or parts of it.
+        Closed PIL images, animations and multi-page files, pipes and devices, meta-device, sparse and
+        quantized tensors raise :class:`~lightsr.errors.InputError` saying what to pass instead.
+        On out-of-memory (CUDA, MPS, or the CPU allocator's ``can't allocate memory`` and ``MemoryError``)
+        the batch is split and then the tile halved and the run retried, down to 16 LR pixels, before a
+        :class:`~lightsr.errors.DeviceError`. ``progress``, if given, is called
         as ``progress(done, total)`` after every network call, counting tiles (or whole images) over
         every pass of the run, e.g. to drive a progress bar over the tiles of one large image.
 
         Example:
             >>> import torch, lightsr
-            >>> up = lightsr.load_model("imdn", scale=2, weights="../shared/weights/IMDN_x2.pth", precision="fp32")
+            >>> up = lightsr.load_model(
+            ...     "imdn", scale=2, weights="../shared/weights/IMDN_x2.pth", precision="fp32"
+            ... )
             >>> up.upscale(torch.rand(2, 3, 40, 30), tile_size=16).shape
             torch.Size([2, 3, 80, 60])
             >>> import numpy as np
@@ -376,7 +432,13 @@ class Upscaler:
         many = isinstance(image, (list, tuple))
         inputs = list(image) if many else [image]
         # Everything is checked and converted before any network runs, so a bad last item costs nothing.
-        prepared = [_image.prepare(obj, max_pixels=max_pixels) for obj in inputs]
+        prepared: list[list[_image.Prepared]] = []
+        reserved = 0  # every result of a list is held until the call returns
+        for obj in inputs:
+            prepared.append(
+                _image.prepare(obj, max_pixels=max_pixels, scale=self.scale, reserved_bytes=reserved)
+            )
+            reserved += _image.result_bytes(prepared[-1], self.scale)
         flat = [p for items in prepared for p in items]
         outputs = self._upscale_prepared(
             flat, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size, progress=progress
@@ -508,6 +570,16 @@ class Upscaler:
         if plan.tile is None or not (self._image_reductions or sources):
             forward = self._forward if progress is None else partial(self._forward, progress=progress)
             return tiled_apply(forward, x, **common)  # type: ignore[return-value]
+        if self._backend is not None and not self._torch_reason_logged:
+            self._torch_reason_logged = True
+            logger.info(
+                "%s x%d tiled on torch instead of %s: its tiles need whole-image %s, which only eager torch "
+                "calls can gather and replay",
+                self.name,
+                self.scale,
+                self.backend,
+                "statistics" if self._image_reductions else "resize grids",
+            )
         common["align"] = traits.tile_align
         stats = TileStatistics(resize_sources=sources, align=traits.tile_align)
         for _ in range(GATHER_PASSES if self._image_reductions else 0):
@@ -540,7 +612,7 @@ class Upscaler:
         while True:
             try:
                 return self._tiled(x, plan, progress)
-            except Exception as exc:
+            except Exception as exc:  # MemoryError included
                 if not _is_oom(exc):
                     raise
                 failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -598,7 +670,9 @@ class Upscaler:
         if self.device.type != "mps" and not self._converts_input:
             xin = xin.contiguous(memory_format=torch.channels_last)
         capture = None
-        if stats is not None:
+        if stats is None and self._backend is not None:
+            y = self._backend(x)
+        elif stats is not None:
             assert regions is not None
             capture = stats.capture(regions, (x.shape[-2], x.shape[-1]), gather=gather)
             with capture:
@@ -668,6 +742,7 @@ def load_model(
     precision: str = "auto",
     variant: str | None = None,
     compile: bool = False,
+    backend: str = "auto",
 ) -> Upscaler:
     """Load a super-resolution model and return an :class:`Upscaler`.
 
@@ -680,6 +755,11 @@ def load_model(
     ``precision``: ``'auto'`` (fp16 on CUDA, bf16 on CPUs with native bf16 units, else fp32; never a
     precision the model is marked unsafe in), or ``'fp32'``, ``'fp16'``, ``'bf16'``.
     ``compile=True`` runs the network through ``torch.compile`` (slow first call; calls serialised).
+    ``backend``: what runs the network itself: ``'torch'``, ``'onnxruntime'`` (fp32; ``pip install
+    "lightsr[onnxruntime]"``), ``'openvino'`` (fp32, or bf16 where the model is bf16-safe and the CPU has
+    bf16 units; ``pip install "lightsr[openvino]"``), or ``'auto'`` (default: torch on CUDA/MPS; on a CPU
+    the installed engine measured fastest for this model, else torch; see docs/export.md). Image
+    handling, tiling, precision policy and fallbacks stay lightsr's on every backend.
 
     Example:
         >>> import lightsr
@@ -693,11 +773,14 @@ def load_model(
                 "give a model name, e.g. load_model('rfdn', scale=4), or a weights file to recognise"
             )
         # An unnamed checkpoint: recognise the model (and, unless given, the scale) from the file itself.
-        desc = identify_checkpoint(weights, scale)
+        desc = identify_checkpoint(weights, None if scale is None else check_scale(scale))
     else:
         desc = describe(name, 4 if scale is None else scale, variant)
     dev = resolve_device(device)
     dtype = _model_dtype(precision, dev, desc)
+    backend = _backends.resolve_backend(backend, desc, dev, dtype, compile=compile)
+    if backend == "onnxruntime" and precision == "auto":
+        dtype = torch.float32  # ONNX Runtime's CPU kernels run fp32 only
     path = Path(weights) if weights is not None else _hub.resolve_weights(desc)
     tensors = load_weights_file(path, desc)
     net = desc.build_network()
@@ -705,13 +788,14 @@ def load_model(
         load_into(net, tensors, source=str(path))
     except RuntimeError as exc:  # size mismatch
         raise CheckpointError(f"{str(path)!r} does not fit {desc.name} x{desc.scale}: {exc}") from exc
-    return Upscaler(desc.wrap(net), desc, device=dev, dtype=dtype, compile=compile)
+    return Upscaler(desc.wrap(net), desc, device=dev, dtype=dtype, compile=compile, backend=backend)
 
 
 def upscale(image: Any, *, model: str = "rfdn", scale: int = 4, **options: Any) -> Any:
     """One-line upscale: ``load_model(model, scale, ...)`` then ``.upscale(image, ...)``.
 
-    ``options`` go to :func:`load_model` (``weights``, ``device``, ``precision``, ``variant``, ``compile``)
+    ``options`` go to :func:`load_model` (``weights``, ``device``, ``precision``, ``variant``, ``compile``,
+    ``backend``)
     or to :meth:`Upscaler.upscale` (``tile_size``, ``tile_pad``, ``batch_size``, ``max_pixels``); ``image``
     and the result are as for :meth:`Upscaler.upscale`. The model is loaded
     on every call: to upscale many images, call :func:`load_model` once and reuse the Upscaler.
@@ -722,6 +806,6 @@ def upscale(image: Any, *, model: str = "rfdn", scale: int = 4, **options: Any) 
         ...                 weights="../shared/weights/IMDN_x2.pth").shape
         torch.Size([1, 3, 16, 16])
     """
-    load_keys = {"weights", "device", "precision", "variant", "compile"}
+    load_keys = {"weights", "device", "precision", "variant", "compile", "backend"}
     up = load_model(model, scale, **{k: v for k, v in options.items() if k in load_keys})
     return up.upscale(image, **{k: v for k, v in options.items() if k not in load_keys})

@@ -102,7 +102,8 @@ def read_hr(path: Path) -> np.ndarray:
             im.load()
             if im.mode not in ("L", "LA", "P", "RGB", "RGBA", "1"):
                 raise InputError(
-                    f"{str(path)!r} has pixel mode {im.mode!r}; the benchmark protocol scores 8-bit RGB or grey images"
+                    f"{str(path)!r} has pixel mode {im.mode!r}; "
+                    "the benchmark protocol scores 8-bit RGB or grey images"
                 )
             return np.asarray(im.convert("RGB"))
     except OSError as exc:
@@ -130,7 +131,8 @@ def evaluate(
     variant: str | None = None,
     progress: Callable[[ImageScore], None] | None = None,
 ) -> EvaluationResult:
-    """Benchmark ``model`` on a dataset folder with the papers' protocol; returns an :class:`EvaluationResult`.
+    """Benchmark ``model`` on a dataset folder with the papers' protocol; returns an \
+:class:`EvaluationResult`.
 
     ``model`` is a model name (loaded with :func:`lightsr.load_model` and ``weights``, ``device``,
     ``precision`` (default ``"fp32"``), ``variant``) or an already loaded :class:`lightsr.Upscaler`.
@@ -156,7 +158,8 @@ def evaluate(
             available = scales_of(model.lower())
             if len(available) != 1:
                 raise InputError(
-                    f"{model!r} has weights for {', '.join(f'x{s}' for s in available)}: give scale= to choose one"
+                    f"{model!r} has weights for {', '.join(f'x{s}' for s in available)}: "
+                    "give scale= to choose one"
                 )
             scale = available[0]
         upscaler = load_model(
@@ -171,7 +174,8 @@ def evaluate(
         own = getattr(upscaler, "precision", None)
         if precision is not None and own is not None and precision != own:
             raise InputError(
-                f"this Upscaler runs in {own}; load it with precision={precision!r} to evaluate in {precision}"
+                f"this Upscaler runs in {own}; "
+                f"load it with precision={precision!r} to evaluate in {precision}"
             )
     else:
         raise InputError(

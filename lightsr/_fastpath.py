@@ -62,22 +62,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 logger = logging.getLogger("lightsr")
 
 __all__ = [
-    "optimize_for_inference",
-    "cpu_tile_size",
-    "run_batched",
-    "shuffle_channels",
-    "channel_affine",
+    "PASSES",
     "FastModule",
     "FusedConv2d",
-    "PASSES",
+    "channel_affine",
+    "cpu_tile_size",
+    "optimize_for_inference",
+    "run_batched",
+    "shuffle_channels",
 ]
 
 PASSES = (
@@ -185,7 +184,9 @@ class FusedConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, act: _Act = _NO_ACT, binary: str | None = None):
         super().__init__()
         self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=False)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.bias = (
+            None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        )
         self.stride = list(conv.stride)
         self.padding = list(conv.padding)  # type: ignore[arg-type]
         self.dilation = list(conv.dilation)
@@ -199,7 +200,9 @@ class FusedConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         post = "+".join(p for p in (self.binary, None if self.act.attr == "none" else self.act.attr) if p)
-        return f"{tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}, post={post or 'none'}"
+        return (
+            f"{tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}, post={post or 'none'}"
+        )
 
     def finalize(self, dtype: torch.dtype, device: torch.device, channels_last: bool = True) -> None:
         """Cast the weights to the compute dtype and layout; choose the oneDNN path where it exists."""
@@ -233,12 +236,30 @@ class FusedConv2d(nn.Module):
         if self.onednn:
             if other is None:
                 return torch.ops.mkldnn._convolution_pointwise(
-                    x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
-                    self.act.attr, list(self.act.scalars), self.act.algorithm,
+                    x,
+                    weight,
+                    self.bias,
+                    self.padding,
+                    self.stride,
+                    self.dilation,
+                    self.groups,
+                    self.act.attr,
+                    list(self.act.scalars),
+                    self.act.algorithm,
                 )
             return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, other, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
-                self.binary, None, None if self.act.attr == "none" else self.act.attr, list(self.act.scalars),
+                x,
+                other,
+                weight,
+                self.bias,
+                self.padding,
+                self.stride,
+                self.dilation,
+                self.groups,
+                self.binary,
+                None,
+                None if self.act.attr == "none" else self.act.attr,
+                list(self.act.scalars),
                 self.act.algorithm,
             )
         y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -425,7 +446,8 @@ def _scale_conv_(conv: Any, factor: torch.Tensor | float, *, inputs: bool = Fals
 
 # ----------------------------------------------------------------------------------------- passes
 def _pass_fold_input_scale(rw: _Rewriter) -> int:
-    """``conv(x * c)`` -> ``conv'(x)`` with weights x c, when every user of ``x * c`` is a zero-padded conv."""
+    """``conv(x * c)`` -> ``conv'(x)`` with weights x c, when every user of ``x * c`` is a zero-padded
+    conv."""
     count = 0
     for node in list(rw.graph.nodes):
         if not _is_mul(node):
@@ -492,7 +514,9 @@ def _scale_operand(rw: _Rewriter, node: Any, cout: int) -> torch.Tensor | float 
         return num
     if isinstance(node, fx.Node) and node.op == "get_attr":
         t = _fetch_attr(rw.gm, str(node.target))
-        if isinstance(t, torch.Tensor) and (t.numel() == 1 or (t.numel() == cout and t.shape[-3:] == (cout, 1, 1))):
+        if isinstance(t, torch.Tensor) and (
+            t.numel() == 1 or (t.numel() == cout and t.shape[-3:] == (cout, 1, 1))
+        ):
             return float(t) if t.numel() == 1 else t.detach().reshape(-1).clone()
     return None
 
@@ -606,7 +630,8 @@ def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def _spatial_reduction(node: fx.Node, method: str) -> fx.Node | None:
-    """``x`` if ``node`` is ``<method>(x, dim=(2, 3) or (-2, -1), keepdim=True)`` of a 4-D ``x``, else None."""
+    """``x`` if ``node`` is ``<method>(x, dim=(2, 3) or (-2, -1), keepdim=True)`` of a 4-D ``x``,
+    else None."""
     is_call = (node.op == "call_method" and node.target == method) or (
         node.op == "call_function" and node.target is getattr(torch, method, None)
     )
@@ -758,8 +783,10 @@ def _pass_split_conv(rw: _Rewriter) -> int:
         users = list(node.users)
         if sizes is None or len(sizes) < 2 or not users or not _split_pays(sizes):
             continue
-        if any(u.op != "call_function" or u.target is not operator.getitem or not isinstance(u.args[1], int)
-               for u in users):
+        if any(
+            u.op != "call_function" or u.target is not operator.getitem or not isinstance(u.args[1], int)
+            for u in users
+        ):
             continue
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         parts: dict[int, fx.Node] = {}
@@ -769,8 +796,15 @@ def _pass_split_conv(rw: _Rewriter) -> int:
                 if i in parts:
                     continue
                 part = nn.Conv2d(
-                    conv.in_channels, sizes[i], conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, 1, conv.bias is not None, device=conv.weight.device,
+                    conv.in_channels,
+                    sizes[i],
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    1,
+                    conv.bias is not None,
+                    device=conv.weight.device,
                 )
                 with torch.no_grad():
                     part.weight.copy_(conv.weight[starts[i] : starts[i] + sizes[i]])
@@ -980,7 +1014,12 @@ def _pass_channel_affine(rw: _Rewriter) -> int:
         out = _shape(node)
         if out is None or len(out) != 4:
             continue
-        if node.op == "call_function" and node.target is torch.addcmul and len(node.args) == 3 and not node.kwargs:
+        if (
+            node.op == "call_function"
+            and node.target is torch.addcmul
+            and len(node.args) == 3
+            and not node.kwargs
+        ):
             shift, x, scale = node.args
             if _shape(x) != out and _shape(scale) == out:
                 x, scale = scale, x
@@ -1111,7 +1150,12 @@ class FastModule(nn.Module):
     """
 
     def __init__(
-        self, body: nn.Module, dtype: torch.dtype, device: torch.device, channels_last: bool, report: dict[str, Any]
+        self,
+        body: nn.Module,
+        dtype: torch.dtype,
+        device: torch.device,
+        channels_last: bool,
+        report: dict[str, Any],
     ):
         super().__init__()
         self.body = body

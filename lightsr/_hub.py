@@ -235,7 +235,7 @@ def _how_to_get(record: dict[str, Any]) -> str:
 
 
 def is_published(record: dict[str, Any]) -> bool:
-    """Whether ``record``'s weights are on the Hub (re-hostable and given a pinned revision) or upstream only."""
+    """Whether ``record``'s weights are on the Hub (re-hostable, with a pinned revision) or upstream only."""
     return _published(record) is not None
 
 

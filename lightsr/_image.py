@@ -2,7 +2,7 @@
 
 The engine's whole contract with this module::
 
-    prepared = prepare(obj, max_pixels=None)        # list[Prepared]; one per image (N for an NxCxHxW tensor)
+    prepared = prepare(obj, max_pixels=N, scale=s)  # list[Prepared]; one per image (N for an NxCxHxW tensor)
     outs = []
     for p in prepared:
         sr = network(p.rgb)                         # 1x3xHxW float32 0..1  ->  1x3x(sH)x(sW)
@@ -18,7 +18,7 @@ What goes in, and what comes back (``finish`` returns the same kind as the input
 =====================  =====================================================  ==============================
 input                  accepted                                               returned
 =====================  =====================================================  ==============================
-path (str/PathLike)    any file Pillow reads (first frame of animations)      PIL.Image, as for a PIL input
+path (str/PathLike)    a regular file Pillow reads, one frame                 PIL.Image, as for a PIL input
 PIL.Image              L, LA, RGB, RGBA, I;16 (also I;16L/B/N), I, F          same mode
                        P, PA                                                  RGB, or RGBA with transparency
                        1 -> L; La -> LA; RGBa -> RGBA; RGBX, CMYK, YCbCr,     L / LA / RGBA / RGB
@@ -50,7 +50,15 @@ Decisions:
   is to pass a numpy uint16 HxWx3/HxWx4 array (returned as uint16). A PIL image the caller opened is taken
   as Pillow holds it. 16-bit grey files (``I;16``) are fully supported.
 * ``max_pixels`` bounds H*W of each input image (:class:`~lightsr.errors.ImageTooLargeError`); Pillow's own
-  decompression-bomb refusal on opening a file becomes the same error.
+  decompression-bomb refusal on opening a file becomes the same error. The engine passes
+  :data:`DEFAULT_MAX_PIXELS` (Pillow's limit) unless told otherwise.
+* With ``scale``, an input whose result would not fit in :func:`available_memory` (a lower-bound estimate:
+  input copy, float32 output, the result in its own dtype) is an ImageTooLargeError too, whatever
+  ``max_pixels`` is. Files are checked from the header, before a pixel is decoded.
+* Refused with an InputError saying what to pass instead: pipes, sockets and devices (opening a FIFO would
+  block), animations and multi-page files (upscaling frame 1 would drop the others silently; camera MPO
+  JPEGs are read as their primary picture), closed PIL images, and tensors with no plain data (meta device,
+  sparse, quantized, nested, complex).
 
 Example:
     >>> import numpy as np, torch.nn.functional as F
@@ -69,6 +77,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,10 +93,15 @@ __all__ = ["Prepared", "Restore", "collate", "finish", "prepare", "upscale_alpha
 
 # How far outside 0..1 a float input may stray and still be clamped rather than refused.
 FLOAT_TOLERANCE = 1e-3
+# The engine's default pixel limit: Pillow's own default decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS,
+# 1024**3 // 4 // 3), as a constant so that a caller who sets Pillow's global to None does not change it.
+DEFAULT_MAX_PIXELS = 89_478_485
+_GB = 1e9
 
 _ACCEPTED = (
     "a file path (str or os.PathLike), a PIL.Image.Image, a numpy array (HxW or HxWxC with C=1..4; uint8, "
-    "uint16, or float in 0..1) or a torch tensor (CxHxW or NxCxHxW with C=1..4; float in 0..1, uint8 or uint16)"
+    "uint16, or float in 0..1) or a torch tensor (CxHxW or NxCxHxW with C=1..4; float in 0..1, uint8 or "
+    "uint16)"
 )
 
 # PIL modes worked on directly: mode -> (channels, numpy storage dtype, integer full scale or None for float).
@@ -152,10 +166,15 @@ class Prepared:
 
 
 # ------------------------------------------------------------------------------------------------ prepare
-def prepare(obj: Any, *, max_pixels: int | None = None) -> list[Prepared]:
+def prepare(
+    obj: Any, *, max_pixels: int | None = None, scale: int | None = None, reserved_bytes: int = 0
+) -> list[Prepared]:
     """Convert one input (see the module docstring for the kinds) to a list of :class:`Prepared`.
 
-    The list has one entry, or N for an NxCxHxW tensor. ``max_pixels`` bounds H*W of each image.
+    The list has one entry, or N for an NxCxHxW tensor. ``max_pixels`` bounds H*W of each image. With
+    ``scale``, an input whose upscaled result would not fit in :func:`available_memory` is refused
+    (:class:`~lightsr.errors.ImageTooLargeError`); files are checked from their header, before decoding.
+    ``reserved_bytes`` is memory already promised elsewhere (the results of earlier images of one call).
 
     Example:
         >>> from PIL import Image
@@ -166,17 +185,21 @@ def prepare(obj: Any, *, max_pixels: int | None = None) -> list[Prepared]:
         not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1
     ):
         raise InputError(f"max_pixels must be a positive int or None, not {max_pixels!r}")
+    budget = None if scale is None else _Budget(scale, reserved_bytes)
     if isinstance(obj, (str, os.PathLike)):
-        return [_from_pil(_open_path(obj, max_pixels), max_pixels=max_pixels, source=os.fspath(obj))]
+        opened = _open_path(obj, max_pixels, budget)
+        return [_from_pil(opened, max_pixels=max_pixels, budget=budget, source=os.fspath(obj))]
     if isinstance(obj, Image.Image):
-        return [_from_pil(obj, max_pixels=max_pixels, source="PIL image")]
+        return [_from_pil(obj, max_pixels=max_pixels, budget=budget, source="PIL image")]
     if isinstance(obj, np.ndarray):
-        return [_from_numpy(obj, max_pixels)]
+        return [_from_numpy(obj, max_pixels, budget)]
     if isinstance(obj, torch.Tensor):
-        return _from_tensor(obj, max_pixels)
+        return _from_tensor(obj, max_pixels, budget)
     hint = ""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         hint = " (for encoded image bytes, pass PIL.Image.open(io.BytesIO(data)))"
+    elif hasattr(obj, "read"):
+        hint = " (for an open file or stream, pass PIL.Image.open(obj))"
     elif isinstance(obj, (list, tuple)):
         hint = " (for several images, prepare each one)"
     raise InputError(f"cannot upscale an object of type {type(obj).__name__}{hint}; pass {_ACCEPTED}")
@@ -187,22 +210,161 @@ def _check_pixels(height: int, width: int, max_pixels: int | None, source: str) 
         raise InputError(f"{source} is empty ({width}x{height} pixels); give an image at least 1x1")
     if max_pixels is not None and height * width > max_pixels:
         raise ImageTooLargeError(
-            f"{source} has {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}; "
-            "downscale or crop it, or raise max_pixels"
+            f"{source} has {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}"
+            + (
+                " (the default limit, Pillow's decompression-bomb limit)"
+                if max_pixels == DEFAULT_MAX_PIXELS
+                else ""
+            )
+            + "; downscale or crop it, or if you trust it raise max_pixels (max_pixels=None: no pixel limit)"
         )
 
 
-def _open_path(path: str | os.PathLike[str], max_pixels: int | None) -> Image.Image:
-    """Open and fully decode a file (closing it), refusing what would lose data or is too large."""
+@dataclass(frozen=True)
+class _Budget:
+    """What the memory check needs: the upscale factor and the bytes already promised to earlier results."""
+
+    scale: int
+    reserved: int = 0
+
+
+def result_bytes(items: Sequence[Prepared], scale: int) -> int:
+    """The estimated peak bytes the results of ``items`` hold in host memory (0 for results on a GPU).
+
+    Example:
+        >>> result_bytes(prepare(np.zeros((10, 10, 3), np.uint8)), 2) > 10 * 10 * 4 * 3
+        True
+    """
+    total = 0
+    for p in items:
+        r = p.restore
+        if r.kind == "tensor" and r.device is not None and r.device.type != "cpu":
+            continue
+        if r.kind == "pil":
+            itemsize = np.dtype(_PIL_MODES[r.layout][1]).itemsize
+        else:
+            itemsize = r.dtype.itemsize
+        h, w = p.rgb.shape[-2:]
+        total += _estimated_bytes(1, h, w, r.channels, itemsize, scale, pil=r.kind == "pil")
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate without swapping, or None where that is unknown.
+
+    The smaller of the kernel's ``MemAvailable`` (``/proc/meminfo``) and the room left under a cgroup
+    memory limit (containers); ``os.sysconf`` free pages elsewhere on POSIX. Module-level so tests can
+    replace it.
+
+    Example:
+        >>> n = available_memory()
+        >>> n is None or n > 0
+        True
+    """
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit_file, encoding="ascii") as fh:
+                limit = fh.read().strip()
+            with open(usage_file, encoding="ascii") as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: no limit
+            found.append(max(0, int(limit) - usage))
+        break
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    return min(found)
+
+
+def _estimated_bytes(
+    n: int, height: int, width: int, channels: int, itemsize: int, scale: int, pil: bool
+) -> int:
+    """A lower bound on the bytes one upscale of these images holds at its peak (input copy, output, result).
+
+    Per input pixel: the float32 copy of every channel plus the 3-channel network input. Per output pixel:
+    the network's float32 RGB, the float32 buffer ``finish`` fills when the result is not RGB, the
+    upscaled alpha, and the result itself (twice for PIL, which copies the array it is built from).
+    """
+    has_alpha = channels in (2, 4)
+    per_in = 4 * channels + 12
+    per_out = 12 + (0 if channels == 3 else 4 * channels) + (4 if has_alpha else 0)
+    per_out += channels * itemsize * (2 if pil else 1)
+    return n * height * width * (per_in + scale * scale * per_out)
+
+
+def _check_memory(
+    n: int,
+    height: int,
+    width: int,
+    channels: int,
+    itemsize: int,
+    budget: _Budget | None,
+    source: str,
+    pil: bool,
+) -> None:
+    if budget is None:
+        return
+    scale, reserved = budget.scale, budget.reserved
+    need = _estimated_bytes(n, height, width, channels, itemsize, scale, pil)
+    free = available_memory()
+    if free is None or need + reserved <= free:
+        return
+    images = f"{n} images of " if n > 1 else ""
+    earlier = f" ({reserved / _GB:.1f} GB more for the results of the images before it)" if reserved else ""
+    raise ImageTooLargeError(
+        f"{source}: upscaling {images}{width}x{height} pixels x{scale} (to {width * scale}x{height * scale}) "
+        f"needs at least {need / _GB:.1f} GB of memory{earlier}, but only {free / _GB:.1f} GB is available; "
+        "upscale a smaller image (crop or downscale it, or cut it into parts and upscale each), fewer images "
+        "at once, "
+        "or free memory. max_pixels does not lift this check: the run would exhaust the memory"
+    )
+
+
+def _open_path(
+    path: str | os.PathLike[str], max_pixels: int | None, budget: _Budget | None = None
+) -> Image.Image:
+    """Open and fully decode a file (closing it), refusing what would lose data, block or is too large."""
     name = os.fspath(path)
-    if not os.path.exists(name):
-        raise InputError(f"no such file: {name!r}; give the path of an existing image file")
-    if os.path.isdir(name):
+    try:
+        st = os.stat(name)
+    except FileNotFoundError:
+        raise InputError(f"no such file: {name!r}; give the path of an existing image file") from None
+    except ValueError as exc:  # an embedded NUL byte, a path too long for the platform
+        raise InputError(f"{name!r} is not a usable file path ({exc}); check the path") from exc
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {name!r} ({exc.strerror or exc}); check the path and its permissions"
+        ) from exc
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{name!r} is a folder; give the path of one image file")
+    if not stat.S_ISREG(st.st_mode):
+        # Opening a FIFO blocks until a writer comes; a device or socket may never end or never answer.
+        raise InputError(
+            f"{name!r} is not a regular file (a pipe, socket or device); save the image to a file and give "
+            "that path, or read it yourself and pass PIL.Image.open(io.BytesIO(data))"
+        )
     try:
         with Image.open(name) as im:
             _check_pixels(im.height, im.width, max_pixels, repr(name))
+            _refuse_frames(im, repr(name))
             _refuse_16bit_colour(im, name)
+            _check_memory(1, im.height, im.width, *_pil_result_kind(im), budget, repr(name), pil=True)
             im.load()
             # A copy detaches the pixels from the file, which the with-block then closes.
             out = im.copy()
@@ -218,14 +380,57 @@ def _open_path(path: str | os.PathLike[str], max_pixels: int | None) -> Image.Im
         ) from exc
     except InputError:
         raise
-    except MemoryError:
-        raise
+    except MemoryError as exc:
+        raise ImageTooLargeError(
+            f"not enough memory to decode {name!r}; free memory, or downscale or crop the image first"
+        ) from exc
+    except PermissionError as exc:
+        raise InputError(f"cannot read {name!r}: permission denied; check the file's permissions") from exc
     except Exception as exc:  # any decoder failure on a user's file is a problem with that file
         raise InputError(
             f"could not decode {name!r} ({type(exc).__name__}: {exc}); the file is probably truncated or "
-            "corrupt: re-export it, or set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True to accept a partial image"
+            "corrupt: re-export it, or set PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True to accept a partial "
+            "image"
         ) from exc
     return out
+
+
+def _refuse_frames(im: Image.Image, source: str) -> None:
+    """Animations and multi-page files are refused: upscaling frame 1 alone would drop the rest silently."""
+    if im.format == "MPO":
+        return  # a camera JPEG: frame 1 is the picture, the others are previews or depth maps
+    try:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # noqa: BLE001 - a damaged frame table is for the decoder to report
+        frames = 1
+    if frames > 1:
+        raise InputError(
+            f"{source} has {frames} frames (an animation or a multi-page file); lightsr upscales single "
+            "images and does not drop frames silently: extract the frames (PIL.ImageSequence.Iterator) and "
+            "upscale each, or pick one with im.seek(k) and pass im.copy()"
+        )
+
+
+def _is_closed(im: Image.Image) -> bool:
+    """Pillow has no public flag: close() leaves a deferred error as the core, and a lazily opened image
+    whose file was closed has no core, pixels still to read (``tile``) and no file to read them from."""
+    core = getattr(im, "_im", None)
+    if type(core).__name__ == "DeferredError":
+        return True
+    return core is None and bool(getattr(im, "tile", None)) and getattr(im, "fp", True) is None
+
+
+def _pil_result_kind(im: Image.Image) -> tuple[int, int]:
+    """(channels, bytes per channel) of the result for a PIL image, known from its header alone."""
+    mode = im.mode
+    if mode in ("P", "PA"):
+        transparent = mode == "PA" or "transparency" in im.info
+        return (4 if transparent else 3), 1
+    mode = _PIL_CONVERT.get(mode, mode)
+    if mode in _PIL_MODES:
+        channels, storage, _ = _PIL_MODES[mode]
+        return channels, np.dtype(storage).itemsize
+    return 4, 1  # an unusual mode: refused later, counted generously here
 
 
 def _refuse_16bit_colour(im: Image.Image, name: str) -> None:
@@ -250,8 +455,31 @@ def _refuse_16bit_colour(im: Image.Image, name: str) -> None:
         )
 
 
-def _from_pil(im: Image.Image, *, max_pixels: int | None, source: str) -> Prepared:
+def _from_pil(im: Image.Image, *, max_pixels: int | None, budget: _Budget | None, source: str) -> Prepared:
     _check_pixels(im.height, im.width, max_pixels, source)
+    _refuse_frames(im, source)
+    _check_memory(1, im.height, im.width, *_pil_result_kind(im), budget, source, pil=True)
+    closed = InputError(
+        f"the {source} is closed (closed itself, or its file closed by a with-block before its pixels were "
+        "read); pass an open image: call image.load() or image.copy() before closing it, or open it again"
+    )
+    if _is_closed(im):
+        raise closed
+    try:
+        im.load()  # a lazily opened image decodes here
+    except ValueError as exc:
+        if "closed" in str(exc).lower():
+            raise closed from exc
+        raise InputError(f"could not decode the {source} ({exc}); re-open or re-export the image") from exc
+    except MemoryError as exc:
+        raise ImageTooLargeError(
+            f"not enough memory to decode the {source}; free memory, or downscale or crop it first"
+        ) from exc
+    except Exception as exc:  # a lazily opened file that is truncated, gone or corrupt
+        raise InputError(
+            f"could not decode the {source} ({type(exc).__name__}: {exc}); the file behind it is probably "
+            "truncated or corrupt: re-export it"
+        ) from exc
     icc = im.info.get("icc_profile")
     try:
         im = ImageOps.exif_transpose(im)
@@ -320,7 +548,7 @@ def _icc_matches(icc: bytes, channels: int) -> bool:
     return len(icc) >= 20 and icc[16:20] == _MODE_COLOUR_SPACE[channels]
 
 
-def _from_numpy(arr: np.ndarray, max_pixels: int | None) -> Prepared:
+def _from_numpy(arr: np.ndarray, max_pixels: int | None, budget: _Budget | None = None) -> Prepared:
     if arr.ndim == 2:
         layout, hwc = "HW", arr[:, :, None]
     elif arr.ndim == 3 and 1 <= arr.shape[2] <= 4:
@@ -340,16 +568,19 @@ def _from_numpy(arr: np.ndarray, max_pixels: int | None) -> Prepared:
     kind, size = arr.dtype.kind, arr.dtype.itemsize
     if not (kind == "f" or (kind == "u" and size in (1, 2))):
         raise InputError(
-            f"numpy dtype {arr.dtype} is not supported; use uint8 (0..255), uint16 (0..65535) or float in 0..1 "
-            "(e.g. arr.astype(np.float32) / 255)"
+            f"numpy dtype {arr.dtype} is not supported; use uint8 (0..255), uint16 (0..65535) or float in "
+            "0..1 (e.g. arr.astype(np.float32) / 255)"
         )
+    # A broadcast or memory-mapped array may be far larger than the memory it holds now: count its copies.
+    _check_memory(1, hwc.shape[0], hwc.shape[1], hwc.shape[2], size, budget, source, pil=False)
     # A fresh native float32 CxHxW copy: any byte order or strides in, nothing shared with the caller.
     x = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=np.float32)).unsqueeze(0)
     x = _checked_float(x, source) if kind == "f" else x.div_(255.0 if size == 1 else 65535.0)
     return _split(x, Restore(kind="numpy", channels=hwc.shape[2], dtype=arr.dtype, layout=layout))[0]
 
 
-def _from_tensor(t: torch.Tensor, max_pixels: int | None) -> list[Prepared]:
+def _from_tensor(t: torch.Tensor, max_pixels: int | None, budget: _Budget | None = None) -> list[Prepared]:
+    _refuse_unreadable_tensor(t)
     if t.ndim == 3 and 1 <= t.shape[0] <= 4:
         layout, x = "CHW", t.unsqueeze(0)
     elif t.ndim == 4 and 1 <= t.shape[1] <= 4:
@@ -370,6 +601,10 @@ def _from_tensor(t: torch.Tensor, max_pixels: int | None) -> list[Prepared]:
     if x.shape[0] == 0:
         raise InputError(f"{source} holds no images (N=0); give at least one")
     _check_pixels(x.shape[2], x.shape[3], max_pixels, source)
+    if t.device.type == "cpu":  # a result on a GPU is bounded by the engine's out-of-memory fallback instead
+        _check_memory(
+            x.shape[0], x.shape[2], x.shape[3], x.shape[1], t.element_size(), budget, source, pil=False
+        )
     x = x.detach()
     if t.dtype in (torch.uint8, torch.uint16):
         x = x.to(torch.float32) / (255.0 if t.dtype == torch.uint8 else 65535.0)
@@ -382,6 +617,23 @@ def _from_tensor(t: torch.Tensor, max_pixels: int | None) -> list[Prepared]:
         )
     restore = Restore(kind="tensor", channels=x.shape[1], dtype=t.dtype, layout=layout, device=t.device)
     return _split(x, restore)
+
+
+def _refuse_unreadable_tensor(t: torch.Tensor) -> None:
+    """Tensors that hold no plain pixel data: each would end in an obscure torch error further in."""
+    what = None
+    if t.device.type == "meta":
+        what = "is on the meta device (it has a shape but no data); pass a tensor with data, e.g. on 'cpu'"
+    elif t.is_nested:
+        what = "is a nested tensor; pass each image as its own tensor (a list of them is fine)"
+    elif t.layout != torch.strided:
+        what = f"has layout {t.layout} (sparse or otherwise not dense); pass t.to_dense()"
+    elif t.is_quantized:
+        what = "is quantized; pass t.dequantize() (a float tensor in 0..1)"
+    elif t.is_complex():
+        what = f"is complex ({t.dtype}); pass a real float tensor in 0..1, uint8 or uint16"
+    if what is not None:
+        raise InputError(f"the tensor {what}")
 
 
 def _checked_float(x: torch.Tensor, source: str) -> torch.Tensor:

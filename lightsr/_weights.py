@@ -254,7 +254,8 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> None:
 
 
 def _parse_lightsr_metadata(raw: dict[str, str] | None, path: Path) -> dict[str, Any]:
-    """lightsr's header entry, validated: {} for foreign files; a CheckpointError naming the file if malformed."""
+    """lightsr's header entry, validated: {} for foreign files; a CheckpointError naming the file if
+    malformed."""
     if not raw or _SAFETENSORS_META_KEY not in raw:
         return {}
     what = f"{str(path)!r} has a malformed lightsr header"
@@ -273,7 +274,8 @@ def _parse_lightsr_metadata(raw: dict[str, str] | None, path: Path) -> dict[str,
     version = meta.get("format_version", FORMAT_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{str(path)!r} has lightsr format version {version!r}; this lightsr reads up to {FORMAT_VERSION}: "
+            f"{str(path)!r} has lightsr format version {version!r}; "
+            f"this lightsr reads up to {FORMAT_VERSION}: "
             "upgrade lightsr, or convert the upstream checkpoint again with this version"
         )
     return meta
@@ -369,7 +371,8 @@ def _fit_problems(shapes: dict[str, tuple[int, ...]], desc: ModelDescriptor) -> 
         )
     if unexpected:
         parts.append(
-            f"{len(unexpected)} unexpected key(s) ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+            f"{len(unexpected)} unexpected key(s) "
+            f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
         )
     if wrong:
         k = wrong[0]
@@ -444,7 +447,8 @@ def _warn_unverifiable(path: Path, desc: ModelDescriptor, shapes: dict[str, tupl
         names = " and ".join(f"{r['model']} x{r['scale']}" for r in others)
         warnings.warn(
             f"{str(path)!r} is not the official {desc.name} x{desc.scale} checkpoint "
-            f"({desc.record['upstream']['filename']}, sha256 {desc.record['upstream']['sha256'][:12]}...), and "
+            f"({desc.record['upstream']['filename']}, "
+            f"sha256 {desc.record['upstream']['sha256'][:12]}...), and "
             f"its tensors are shaped exactly like {names}'s, so lightsr cannot check that it holds "
             f"{desc.name} x{desc.scale} weights; if it does not, the results will be wrong",
             UserWarning,
@@ -470,7 +474,8 @@ def load_checked(path: str | os.PathLike[str], desc: ModelDescriptor) -> dict[st
         if made_by_lightsr and (meta["model"], meta.get("scale")) != (desc.name, desc.scale):
             raise CheckpointError(
                 f"{str(path)!r} holds weights for {meta.get('model')!r} x{meta.get('scale')}, "
-                f"not {desc.name!r} x{desc.scale}; pass model={meta.get('model')!r}, scale={meta.get('scale')}"
+                f"not {desc.name!r} x{desc.scale}; "
+                f"pass model={meta.get('model')!r}, scale={meta.get('scale')}"
             )
         _check_safetensors_layout(path, layout)
         official = [] if made_by_lightsr else _check_identity(path, desc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -45,14 +46,40 @@ def scales_of(name: str) -> tuple[int, ...]:
     return tuple(sorted({r["scale"] for r in records() if r["model"] == name}))
 
 
+def check_scale(scale: Any, name: str | None = None) -> int:
+    """``scale`` as an int, refusing what is not a whole number (2.7, True, "4") instead of truncating it.
+
+    Whole floats (4.0) and numpy integers are accepted. A refusal is an :class:`UnsupportedScaleError`
+    (a ``ValueError``) listing the model's scales (every model's, when ``name`` is None or unknown).
+    """
+    if not isinstance(scale, bool):
+        try:
+            return operator.index(scale)
+        except TypeError:
+            if isinstance(scale, float) and scale.is_integer():
+                return int(scale)
+    key = (name or "").lower()
+    named = key in load_manifest()["models"]
+    known = scales_of(key) if named else tuple(sorted({r["scale"] for r in records()}))
+    err = UnsupportedScaleError(key or "any", scale, known)  # type: ignore[arg-type]
+    # The class's own text says "no weights for x2.7": the real problem is the type, so say that instead.
+    err.args = (
+        f"scale must be a whole number (an int such as {known[0]}), not {scale!r}; "
+        + (f"model {key!r} has " if named else "lightsr's models have ")
+        + f"scale(s) {', '.join(map(str, known))}: pass e.g. scale={known[-1]}",
+    )
+    raise err
+
+
 def find_record(name: str, scale: int, variant: str | None = None) -> dict[str, Any]:
     """The manifest record for (name, scale[, variant]); the default one when ``variant`` is None."""
     key = name.lower()
     if key not in load_manifest()["models"]:
         raise UnknownModelError(name, model_names())
-    candidates = [r for r in records() if r["model"] == key and r["scale"] == int(scale)]
+    scale = check_scale(scale, key)
+    candidates = [r for r in records() if r["model"] == key and r["scale"] == scale]
     if not candidates:
-        raise UnsupportedScaleError(key, int(scale), scales_of(key))
+        raise UnsupportedScaleError(key, scale, scales_of(key))
     if variant is None:
         defaults = [r for r in candidates if r.get("default")]
         return defaults[0] if defaults else candidates[0]
@@ -79,7 +106,7 @@ class ModelDescriptor:
     record: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "ModelDescriptor":
+    def from_record(cls, record: dict[str, Any]) -> ModelDescriptor:
         family = get_family(record["arch"])
         config = dict(record["arch_config"] or {})
         return cls(

@@ -16,17 +16,17 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
+    "DeviceError",
+    "DownloadError",
+    "ImageTooLargeError",
+    "InputError",
     "LightSRError",
+    "OutputError",
     "UnknownModelError",
     "UnsupportedScaleError",
-    "CheckpointError",
-    "WeightsNotFoundError",
     "WeightsIntegrityError",
-    "DownloadError",
-    "InputError",
-    "ImageTooLargeError",
-    "DeviceError",
-    "OutputError",
+    "WeightsNotFoundError",
 ]
 
 

@@ -274,7 +274,8 @@ def _filter_valid(img: np.ndarray, g: np.ndarray) -> np.ndarray:
 def _ssim(ya: np.ndarray, yb: np.ndarray) -> float:
     if min(ya.shape) < _SSIM_WINDOW:
         raise InputError(
-            f"SSIM needs at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels after shaving the border, got {ya.shape}"
+            f"SSIM needs at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels after shaving the border, "
+            f"got {ya.shape}"
         )
     g = _gaussian_window()
     mu1, mu2 = _filter_valid(ya, g), _filter_valid(yb, g)

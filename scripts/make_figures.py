@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Maintainers: draw the pictures under docs/images/ (run from anywhere; needs ../shared/weights or a network).
+"""Maintainers: draw the pictures under docs/images/ (run from anywhere; needs ../shared/weights or a \
+network).
 
     python scripts/make_figures.py comparison          # docs/images/comparison.png (the README picture)
-    python scripts/make_figures.py speed               # docs/images/psnr_vs_speed.png (needs matplotlib: the dev extra)
+    python scripts/make_figures.py speed               # docs/images/psnr_vs_speed.png (needs matplotlib:
+                                                       # the dev extra)
     python scripts/make_figures.py jpeg                # docs/images/jpeg_and_noise.png (docs/real-photos.md)
     python scripts/make_figures.py chart -o chart.png  # the synthetic test chart alone, full size
     python scripts/make_figures.py all
@@ -11,8 +13,8 @@
 redistribute. The README picture is a *synthetic test chart that this script draws* (text, a Siemens star,
 a zone plate, line gratings, colour edges and gradients): nothing is read from disk but the weights. Its text
 is set in Aileron Regular, the font Pillow embeds for ``ImageFont.load_default(size)``; Aileron (Sora Sagano,
-dotcolon.net) is dedicated to the public domain under CC0-1.0. The benchmark images in ../shared/benchmarks are
-never used here, in any form.
+dotcolon.net) is dedicated to the public domain under CC0-1.0. The benchmark images in ../shared/benchmarks
+are never used here, in any form.
 
 **The comparison.** The chart (the ground truth, ``HR``) is shrunk with MATLAB's bicubic (the papers'
 degradation, :func:`lightsr.metrics.imresize_matlab`), then enlarged again by MATLAB's bicubic and by every
@@ -212,7 +214,8 @@ def _crop(img: np.ndarray, box: tuple[int, int, int, int] = CROP) -> np.ndarray:
 
 
 def make_comparison(out: Path, weights_dir: Path | None, log: Any = print) -> dict[str, Any]:
-    """Draw the comparison grid (ground truth, then per scale: bicubic and every model); returns its record."""
+    """Draw the comparison grid (ground truth, then per scale: bicubic and every model); returns its
+    record."""
     from lightsr import metrics
 
     manifest = load_manifest()
@@ -513,7 +516,8 @@ def _sha256(path: Path) -> str:
 
 
 def speed_sources(paths: Sequence[Path] | None = None) -> list[Path]:
-    """The speed-benchmark JSON files to read: those given, or every benchmarks/results/*.json of kind speed."""
+    """The speed-benchmark JSON files to read: those given, or every benchmarks/results/*.json of kind
+    speed."""
     if paths:
         return [Path(p) for p in paths]
     found = []
@@ -541,7 +545,8 @@ def _ms(row: dict[str, Any], where: str) -> float:
 
 
 def set5_psnr(record: dict[str, Any]) -> tuple[float | None, str]:
-    """(Set5 Y-PSNR, 'lightsr' | 'official code') for a manifest record: lightsr's own number when measured."""
+    """(Set5 Y-PSNR, 'lightsr' | 'official code') for a manifest record: lightsr's own number when
+    measured."""
     metrics = record.get("metrics") or {}
     for key, source in (("reproduced", "lightsr"), ("reference", "official code")):
         value = ((metrics.get(key) or {}).get("Set5") or {}).get("psnr_y")
@@ -559,7 +564,7 @@ def speed_points(paths: Sequence[Path] | None = None) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = data.get("rows", data.get("results"))
         if not isinstance(rows, list):
-            raise ValueError(
+            raise TypeError(
                 f"{path}: expected a JSON object with a 'rows' list (see scripts/make_figures.py)"
             )
         rel = os.path.relpath(path, ROOT).replace(os.sep, "/")

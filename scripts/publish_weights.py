@@ -112,10 +112,13 @@ def model_card(
         "",
         f"# {info['title']}",
         "",
-        f"Official weights of **{model}** (x{', x'.join(map(str, scales))}), converted to safetensors for "
-        f"[lightsr](https://pypi.org/project/lightsr/) {__version__}, a library of lightweight "
-        "single-image super-resolution networks. The tensors are the upstream ones, renamed to lightsr's "
-        "modules (and weight-norm folded where the network uses it); nothing was retrained.",
+        (
+            f"Official weights of **{model}** (x{', x'.join(map(str, scales))}), "
+            "converted to safetensors for "
+            f"[lightsr](https://pypi.org/project/lightsr/) {__version__}, a library of lightweight "
+            "single-image super-resolution networks. The tensors are the upstream ones, renamed to lightsr's "
+            "modules (and weight-norm folded where the network uses it); nothing was retrained."
+        ),
         "",
         f"**Paper:** {info['paper']}",
         "",
@@ -145,9 +148,11 @@ def model_card(
         f"Weights: **{lic['weights']}**; code: **{lic['code']}**"
         + (f" ({first['license']['note']})" if first["license"].get("note") else "")
         + ".",
-        "The weights were trained and released by the paper's authors; cite their paper (above) when you "
-        "use them. Each file here was converted from the upstream checkpoint pinned below, after checking "
-        "its sha256:",
+        (
+            "The weights were trained and released by the paper's authors; cite their paper (above) when you "
+            "use them. Each file here was converted from the upstream checkpoint pinned below, after "
+            "checking its sha256:"
+        ),
         "",
         "| file | upstream checkpoint (pinned commit) | upstream sha256 |",
         "|---|---|---|",
@@ -174,8 +179,10 @@ def model_card(
         "sr = up.upscale(torch.rand(1, 3, 64, 64))  # N x 3 x H x W, values in 0..1",
         "```",
         "",
-        "lightsr pins each file by commit and sha256 (see its `weights_manifest.json`); a file that does not "
-        "match is refused and removed from the cache.",
+        (
+            "lightsr pins each file by commit and sha256 (see its `weights_manifest.json`); a file that does "
+            "not match is refused and removed from the cache."
+        ),
         "",
     ]
     return "\n".join(lines)

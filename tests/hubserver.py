@@ -129,7 +129,7 @@ class HubServer:
             srv.server_close()
         self._servers = []
 
-    def __enter__(self) -> HubServer:
+    def __enter__(self) -> HubServer:  # noqa: PYI034 - start() returns self; the class is not subclassed
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

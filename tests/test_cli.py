@@ -24,10 +24,13 @@ def rtc_weights(weights_dir: Path) -> str:
     return str(weights_dir / "IMDN_x2_RTC.pth")
 
 
-def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess[str]:
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "lightsr", *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -68,12 +71,13 @@ def test_folder_of_mixed_images(tmp_path: Path, rtc_weights: str) -> None:
     by_name = {Path(e["input"]).name: e for e in summary["images"]}
     assert by_name["corrupt.png"]["error"] and "corrupt.png" in res.stderr
     assert "Traceback" not in res.stderr
-    assert summary["failed"] == 1 and summary["succeeded"] == len(sizes)
+    assert summary["failed"] == 1 and summary["written"] == len(sizes) and summary["skipped"] == 0
+    assert by_name["corrupt.png"]["status"] == "failed"
     # Not recursive: the sub-folder is left alone.
     assert not (out / "sub").exists()
     for name, (w, h) in sizes.items():
         entry = by_name[name]
-        assert entry["error"] is None and entry["seconds"] >= 0
+        assert entry["error"] is None and entry["status"] == "written" and entry["seconds"] >= 0
         dst = Path(entry["output"])
         # lossless inputs -> PNG, the lossy JPEG keeps its format
         assert dst.suffix == (".jpg" if name.endswith(".jpg") else ".png")
@@ -104,7 +108,7 @@ def test_skip_existing_overwrite_and_recursive(tmp_path: Path, rtc_weights: str)
         "upscale", str(album), "-o", str(out), "--recursive", *MODEL_ARGS, "--weights", rtc_weights, "--json"
     )
     assert second.returncode == 0
-    assert all(e.get("skipped") for e in json.loads(second.stdout)["images"])
+    assert all(e["status"] == "skipped" for e in json.loads(second.stdout)["images"])
     assert (out / "rgb.png").stat().st_mtime_ns == stamp
     third = run_cli(
         "upscale",
@@ -117,7 +121,7 @@ def test_skip_existing_overwrite_and_recursive(tmp_path: Path, rtc_weights: str)
         "--overwrite",
         "--json",
     )
-    assert third.returncode == 0 and not json.loads(third.stdout)["images"][0].get("skipped")
+    assert third.returncode == 0 and json.loads(third.stdout)["images"][0]["status"] == "written"
     assert (out / "rgb.png").stat().st_mtime_ns != stamp
 
 
@@ -190,7 +194,7 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     # A shell without job control starts background commands with SIGINT ignored, and a child inherits
     # that (Python then never raises KeyboardInterrupt): give the command Ctrl-C as a terminal would.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lightsr", *args],
+        [sys.executable, "-m", "lightsr", *args, "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -200,10 +204,13 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     while time.monotonic() < deadline and len(list(out.glob("img*.png"))) < 2:
         time.sleep(0.02)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    stdout, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
         assert proc.returncode == 130, err
         assert not list(out.glob(".*partial*")), "SIGINT must clean its temporary file"
+        summary = json.loads(stdout)  # the JSON summary is printed on Ctrl-C too
+        assert summary["interrupted"] is True and summary["written"] >= 2
+        assert {e["status"] for e in summary["images"]} <= {"written", "interrupted"}
     done = sorted(out.glob("img*.png"))
     assert 2 <= len(done) < n, "the run was not interrupted midway"
     for f in done:  # every file with a final name is a complete image
@@ -213,7 +220,7 @@ def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     rerun = run_cli(*args[:-1], "--json")
     assert rerun.returncode == 0, rerun.stderr
     images = json.loads(rerun.stdout)["images"]
-    assert sum(1 for e in images if e.get("skipped")) == len(done)
+    assert sum(1 for e in images if e["status"] == "skipped") == len(done)
     assert len(list(out.glob("img*.png"))) == n
     assert not list(out.glob(".*partial*")), "stale temporary files from a killed run are removed"
 
@@ -239,7 +246,8 @@ def test_16bit_colour_tiff_stays_16bit(tmp_path: Path, rtc_weights: str) -> None
     assert np.unique(out).size > 256  # really 16-bit values, not 8-bit ones scaled up
     entry = json.loads(res.stdout)["images"][0]
     assert entry["size_in"] == [10, 12] and entry["size_out"] == [20, 24]
-    bad = run_cli(
+    # --format png: a 16-bit PNG (lightsr writes those itself; tests/test_cli_formats.py checks the codec)
+    as_png = run_cli(
         "upscale",
         str(tmp_path / "scan.tif"),
         "-o",
@@ -250,7 +258,10 @@ def test_16bit_colour_tiff_stays_16bit(tmp_path: Path, rtc_weights: str) -> None
         "--format",
         "png",
     )
-    assert bad.returncode == 1 and "use --format tiff" in bad.stderr
+    assert as_png.returncode == 0, as_png.stderr
+    from lightsr.cli import _read_png16
+
+    assert (_read_png16(tmp_path / "png" / "scan.png") == out).all()
 
 
 def _run_on_terminal(*args: str, timeout: float = 300) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""The documentation works as written: generated parts are fresh, examples run, links resolve, pictures are fit.
+"""The documentation works as written: generated parts are fresh, examples run, links resolve, pictures are
+fit.
 
 - Every generated block of README.md and docs/*.md matches what scripts/gen_docs.py renders now (the check
   runs in-process), and the figure records match their inputs.
@@ -13,7 +14,8 @@
   at their pinned upstream URLs (LIGHTSR_UPSTREAM_ENDPOINT), so ``load_model("rfdn")`` without ``weights=``
   runs the real download, sha256 check, conversion and cache.
 - The docstring examples of every public name (``lightsr.__all__`` and ``lightsr.metrics``) run as doctests
-  in the same setting. The generated API reference shows exactly these examples, so its blocks are not run twice.
+  in the same setting. The generated API reference shows exactly these examples, so its blocks are not run
+  twice.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import lightsr
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from hubserver import HubServer  # noqa: E402
+from hubserver import HubServer
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MAX_PICTURE_BYTES = 300_000
@@ -621,13 +623,23 @@ def test_speed_table_says_what_share_of_peak_each_target_needs(
     assert line.rstrip(" |").endswith("80% / 80% / 40% | 120% / 100%")
 
 
-def test_speed_table_says_when_peaks_were_measured_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    base = {"kind": "speed", "machine": {"cpu": "test"}, "rounds": 2, "rows": [],
-            "conv_peaks_gflops": [{"width": 50, "precision": "fp32", "gflops": 160.0}]}
+def test_speed_table_says_when_peaks_were_measured_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = {
+        "kind": "speed",
+        "machine": {"cpu": "test"},
+        "rounds": 2,
+        "rows": [],
+        "conv_peaks_gflops": [{"width": 50, "precision": "fp32", "gflops": 160.0}],
+    }
     monkeypatch.setattr(gen_docs, "RESULTS", tmp_path)
     texts = {}
-    for name, extra in (("once", {}), ("twice", {"conv_peaks_first_gflops": []}),
-                        ("lower", {"conv_peaks_first_gflops": [{"width": 50, "precision": "fp32", "gflops": 83.0}]})):
+    for name, extra in (
+        ("once", {}),
+        ("twice", {"conv_peaks_first_gflops": []}),
+        ("lower", {"conv_peaks_first_gflops": [{"width": 50, "precision": "fp32", "gflops": 83.0}]}),
+    ):
         (tmp_path / "speed.json").write_text(json.dumps({**base, **extra}), encoding="utf-8")
         texts[name] = gen_docs.gen_speed_table(ROOT / "docs" / "performance.md")
     assert "width 50 fp32 160 GFLOP/s" in texts["once"] and "the higher kept" not in texts["once"]
@@ -647,12 +659,25 @@ def test_benchmark_keeps_the_higher_of_two_peak_measurements(monkeypatch: pytest
     assert speed.conv_peak(8, torch.float32, cpu) == 100e9
     assert speed.conv_peak(16, torch.float32, cpu) == 300e9
     # A row of 1 GMAC on width 8 in 10 ms: 200 GFLOP/s, 200% of the low first peak.
-    row = speed.Row("toy x4", (4, 4), 1.0, 1.0, 8, "fp32", {"plain": [0.01]}, {"plain": 1.0}, 0.0, None,
-                    dtypes={"plain": torch.float32})
+    row = speed.Row(
+        "toy x4",
+        (4, 4),
+        1.0,
+        1.0,
+        8,
+        "fp32",
+        {"plain": [0.01]},
+        {"plain": 1.0},
+        0.0,
+        None,
+        dtypes={"plain": torch.float32},
+    )
     row.update_pct_peak(cpu)
     assert row.pct_peak["plain"] == pytest.approx(200.0)
     both = speed.remeasure_peaks(cpu)
     assert both == {(8, torch.float32): (100e9, 150e9), (16, torch.float32): (300e9, 200e9)}
-    assert speed.conv_peak(8, torch.float32, cpu) == 150e9 and speed.conv_peak(16, torch.float32, cpu) == 300e9
+    assert (
+        speed.conv_peak(8, torch.float32, cpu) == 150e9 and speed.conv_peak(16, torch.float32, cpu) == 300e9
+    )
     row.update_pct_peak(cpu)
     assert row.pct_peak["plain"] == pytest.approx(200.0 * 100 / 150)

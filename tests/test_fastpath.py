@@ -164,7 +164,9 @@ def test_split_that_needs_more_channel_blocks_stays_one_conv():
     _check_equal(net, fast, torch.rand(2, 8, 11, 12))
 
 
-@pytest.mark.parametrize(("sizes", "pays"), [((16, 48), True), ((5, 15), True), ((3, 9), False), ((5, 10), False)])
+@pytest.mark.parametrize(
+    ("sizes", "pays"), [((16, 48), True), ((5, 15), True), ((3, 9), False), ((5, 10), False)]
+)
 def test_split_pays_counts_16_channel_blocks(sizes, pays):
     assert _fastpath._split_pays(sizes) is pays
 
@@ -322,7 +324,9 @@ def test_tracer_builds_the_graph_torch_fx_builds(net_name, forms):
     ours = _fastpath._symbolic_trace(net)
     reference = fx.symbolic_trace(net)
     assert ours.code == reference.code
-    assert [(n.op, str(n.target)) for n in ours.graph.nodes] == [(n.op, str(n.target)) for n in reference.graph.nodes]
+    assert [(n.op, str(n.target)) for n in ours.graph.nodes] == [
+        (n.op, str(n.target)) for n in reference.graph.nodes
+    ]
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():
         assert torch.equal(ours(x), reference(x))
@@ -410,7 +414,9 @@ def _zoo_params() -> list:
     for r in _landed():
         fast = r["arch"] not in seen and r["arch"] != "fdiwn"
         seen.add(r["arch"])
-        params.append(pytest.param(r, id=f"{r['model']}-x{r['scale']}", marks=[] if fast else [pytest.mark.slow]))
+        params.append(
+            pytest.param(r, id=f"{r['model']}-x{r['scale']}", marks=[] if fast else [pytest.mark.slow])
+        )
     return params
 
 
@@ -437,7 +443,9 @@ def zoo_module(weights_dir: Path):
             path = weights_dir / rec["upstream"]["filename"]
             if not path.is_file():
                 pytest.skip(f"{path} is not in the shared weights")
-            cache[key] = lightsr.load_model(rec["model"], rec["scale"], weights=path, device="cpu", precision="fp32")
+            cache[key] = lightsr.load_model(
+                rec["model"], rec["scale"], weights=path, device="cpu", precision="fp32"
+            )
         return cache[key]
 
     return get
@@ -587,7 +595,9 @@ def test_channel_shuffle_becomes_the_layout_keeping_one_and_allows_channels_last
     assert fast.report["channel_shuffle"] == 1 and fast.report["channels_last"] is True
     assert "shuffle_channels" in _graph_ops(fast) and ".reshape" not in _graph_ops(fast)
     _check_equal(net, fast, torch.rand(2, 3, 11, 6))
-    kept = optimize_for_inference(net, dtype=torch.float32, passes=[p for p in PASSES if p != "channel_shuffle"])
+    kept = optimize_for_inference(
+        net, dtype=torch.float32, passes=[p for p in PASSES if p != "channel_shuffle"]
+    )
     assert kept.report["channels_last"] is False  # the copy-making reshape stays: NCHW is chosen
     _check_equal(net, kept, torch.rand(1, 3, 8, 8))
 
@@ -613,7 +623,9 @@ def test_inference_forms_are_swapped_in_and_the_original_is_untouched():
     assert fast.report["inference_forms"] == 2
     assert isinstance(net[2], _Gated) and isinstance(net[1][0], _Gated)
     _check_equal(net, fast, torch.rand(1, 3, 5, 5))
-    off = optimize_for_inference(net, dtype=torch.float32, passes=[p for p in PASSES if p != "inference_forms"])
+    off = optimize_for_inference(
+        net, dtype=torch.float32, passes=[p for p in PASSES if p != "inference_forms"]
+    )
     assert "inference_forms" not in off.report
 
 

@@ -97,7 +97,8 @@ def server(caches: dict[str, Path], monkeypatch: pytest.MonkeyPatch, weights_dir
 
 
 def closed_port_url() -> str:
-    """An http://127.0.0.1 URL nothing listens on: connections are refused, as on a machine with no network."""
+    """An http://127.0.0.1 URL nothing listens on: connections are refused, as on a machine with no
+    network."""
     import socket
 
     with socket.socket() as sock:

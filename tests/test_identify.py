@@ -12,8 +12,13 @@ from lightsr._weights import identify_checkpoint, read_upstream
 from lightsr._zoo import records
 
 # Every official file named in the manifest, with the (model, scale) it must be identified as.
-OFFICIAL = sorted({(r["upstream"]["filename"], r["model"], r["scale"]) for r in records()
-                   if r["model"] != "carn-m" or r["scale"] == 4})
+OFFICIAL = sorted(
+    {
+        (r["upstream"]["filename"], r["model"], r["scale"])
+        for r in records()
+        if r["model"] != "carn-m" or r["scale"] == 4
+    }
+)
 
 
 @pytest.mark.parametrize(("filename", "model", "scale"), OFFICIAL, ids=[o[0] for o in OFFICIAL])

@@ -208,6 +208,9 @@ def test_pil_modes_round_trip_size_and_mode(mode, returned):
             if mode != "F"
             else Image.fromarray(RNG.random((5, 7)).astype(np.float32))
         )
+    elif mode in ("La", "RGBa"):  # premultiplied alpha: Pillow < 10.1 cannot convert RGB to these
+        channels = len(mode)
+        im = Image.frombytes(mode, (7, 5), RNG.integers(0, 256, 5 * 7 * channels, dtype=np.uint8).tobytes())
     else:
         im = base.convert(mode)
     out = run(im, scale=3)

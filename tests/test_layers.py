@@ -19,12 +19,15 @@ LAYERS = {
     "lightsr._image": 5,
     "lightsr._tiling": 5,
     "lightsr._fastpath": 5,
+    "lightsr._backends": 5,
     "lightsr._engine": 6,
     "lightsr._evaluate": 7,
     "lightsr._api": 7,
+    "lightsr._export": 7,
     "lightsr": 8,
     "lightsr.cli": 9,
     "lightsr.__main__": 10,
+    "lightsr.ray": 9,  # beside the CLI: built on its planning and safe-write helpers; `--ray` runs it
 }
 
 

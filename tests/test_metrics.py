@@ -324,6 +324,7 @@ def test_benchmark_cli_json(
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "butterfly.png" in text and f"{out['psnr_y']:.4f}" in text
-    assert main(["benchmark", "--model", "imdn-rtc", "--dataset", str(tmp_path / "nothing")]) == 1
+    # A missing --dataset is a usage error (exit 2), found before the model loads, like a missing input file.
+    assert main(["benchmark", "--model", "imdn-rtc", "--dataset", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert issubclass(InputError, LightSRError)

@@ -182,11 +182,12 @@ def test_scale_told_by_the_shapes_contradicting_scale_is_an_error(weights_dir: P
     with pytest.raises(CheckpointError) as info:
         lightsr.load_model("imdn", scale=2, weights=copy)
     assert str(info.value) == (
-        f"{str(copy)!r} is imdn x3 (recognised from its keys and shapes), not imdn x2; pass model='imdn', scale=3"
+        f"{str(copy)!r} is imdn x3 (recognised from its keys and shapes), not imdn x2; "
+        "pass model='imdn', scale=3"
     )
 
 
-# ---------------------------------------------------------------------------------------------- item 4: values
+# --------------------------------------------------------------------------------------------- item 4: values
 
 
 @pytest.mark.parametrize(
@@ -224,7 +225,7 @@ def test_safetensors_with_nan_or_integer_weights_are_refused(weights_dir: Path, 
             lightsr.load_model(SMALL[0], scale=SMALL[1], weights=path)
 
 
-# ---------------------------------------------------------------------------------------------- item 6: header
+# --------------------------------------------------------------------------------------------- item 6: header
 
 
 @pytest.mark.parametrize(
@@ -284,12 +285,15 @@ def test_weights_given_as_a_folder_says_so(weights_dir: Path) -> None:
         lightsr.load_model(SMALL[0], scale=SMALL[1], weights=weights_dir)
 
 
-# ---------------------------------------------------------------------------------------------- item 8: wrong model
+# ---------------------------------------------------------------------------------------- item 8: wrong model
 
 
 def test_wrong_model_is_one_line_naming_what_the_file_is(weights_dir: Path, tmp_path: Path) -> None:
     copy = resave(weights_dir / "IMDN_x3.pth", tmp_path / "mystery.pth")
-    expected = f"{str(copy)!r} is imdn x3 (recognised from its keys and shapes), not rfdn x4; pass model='imdn', scale=3"
+    expected = (
+        f"{str(copy)!r} is imdn x3 (recognised from its keys and shapes), not rfdn x4; "
+        "pass model='imdn', scale=3"
+    )
     with pytest.raises(CheckpointError) as info:
         lightsr.convert_checkpoint(copy, tmp_path / "out.safetensors", model="rfdn", scale=4)
     assert str(info.value) == expected  # was ~56 lines of PyTorch size-mismatch text

@@ -187,7 +187,8 @@ def _config(config: dict[str, Any]) -> dict[str, Any]:
     c = {**_DEFAULTS, **config}
     if not all(isinstance(c[k], int) and c[k] >= 1 for k in _DEFAULTS) or c["num_feat"] % 16:
         raise CheckpointError(
-            "BSRN arch_config needs positive integers and num_feat a multiple of 16 (its CCA squeezes by 16), "
+            "BSRN arch_config needs positive integers and num_feat a multiple of 16 "
+            "(its CCA squeezes by 16), "
             f"got {config!r}"
         )
     return c

@@ -175,7 +175,12 @@ class _ChannelGate(nn.Module):
     """
 
     def __init__(
-        self, mean_coef: torch.Tensor, const: torch.Tensor, norm_coef: torch.Tensor, eps: float, shuffle: bool = True
+        self,
+        mean_coef: torch.Tensor,
+        const: torch.Tensor,
+        norm_coef: torch.Tensor,
+        eps: float,
+        shuffle: bool = True,
     ):
         super().__init__()
         self.register_buffer("mean_coef", mean_coef.reshape(1, -1, 1, 1).clone())

@@ -162,7 +162,8 @@ def traits(config: dict[str, Any]) -> ArchTraits:
     """
     # Measured on Set5 (CPU, whole network cast): activations stay below 80; Y-PSNR vs fp32: fp16 within
     # 0.003 dB, bf16 -0.022 dB at worst.
-    # Set5 bf16 vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.022, x3/x4 within 0.008.
+    # Set5 bf16 vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.022,
+    # x3/x4 within 0.008.
     return ArchTraits(min_size=1, size_multiple=1, fp16_safe=True, bf16_safe=config.get("scale") != 2)
 
 

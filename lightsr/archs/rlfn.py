@@ -225,7 +225,7 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
         return None
     in_channels, features = int(head.shape[1]), int(head.shape[0])
     ratio, rem = divmod(int(up.shape[0]), in_channels)
-    scale = int(round(ratio**0.5))
+    scale = round(ratio**0.5)
     if rem or scale * scale != ratio or tuple(tail.shape[:2]) != (features, features):
         return None
     mids = [int(state_dict[f"block_{i}.c1_r.weight"].shape[0]) for i in numbers]
