@@ -252,21 +252,40 @@ def _walk(
                 yield here / name
 
 
+# NAME_xS, the name of an output written beside its input (without -o).
+_OUTPUT_STEM = re.compile(r"(?P<base>.+)_x(?P<scale>[1-9][0-9]?)")
+
+
 def _expand_inputs(
     items: Sequence[str], recursive: bool, out_dir: Path | None, scale: int
 ) -> tuple[list[_Input], list[tuple[Path, str]]]:
     """Every input file (and the folders that could not be read). Outputs of lightsr are never inputs:
     found in folders and by globs, files under the -o folder and (without -o) files named like this run's
-    outputs (``*_x{scale}.*``) are left out, so running the same command again only finishes what is left."""
+    outputs (``*_x{scale}.*``) are left out, so running the same command again only finishes what is left.
+    So are earlier runs' outputs of other scales (``NAME_xN.*``) whose original ``NAME.*`` lies beside them; a
+    ``holiday_x3.png`` with no ``holiday`` image beside it is the user's own file and is upscaled."""
     out_res = out_dir.resolve() if out_dir is not None else None
     found: list[_Input] = []
     problems: list[tuple[Path, str]] = []
+
+    def is_earlier_output(f: Path) -> bool:
+        m = _OUTPUT_STEM.fullmatch(f.stem)
+        if m is None:
+            return False
+        if int(m["scale"]) == scale:
+            return True
+        base = m["base"]
+        # The collision rule names x.gif's output x_gif_xN.png: its original is x.gif.
+        names = [base, *([base[: -len(t) - 1] + "." + t] if (t := base.rsplit("_", 1)[-1]) != base else [])]
+        candidates = [f.with_name(base + ext) for ext in IMAGE_EXTENSIONS]
+        candidates += [f.with_name(n) for n in names[1:]]
+        return any(c.is_file() and c.suffix.lower() in IMAGE_EXTENSIONS for c in candidates)
 
     def wanted(f: Path, root: Path) -> bool:
         if f.suffix.lower() not in IMAGE_EXTENSIONS or _TMP_MARK in f.name:
             return False
         if out_res is None:
-            return not f.stem.endswith(f"_x{scale}")
+            return not is_earlier_output(f)
         # Inside the -o folder, when that folder is inside the tree being searched: earlier outputs.
         return not (_inside(f.resolve(), out_res) and _inside(out_res, root.resolve()))
 

@@ -60,6 +60,35 @@ def test_three_reruns_without_output_folder_do_not_compound(tmp_path: Path, rtc_
         assert im.size == (24, 20)
 
 
+def test_earlier_outputs_of_other_scales_beside_their_originals_are_not_inputs(
+    tmp_path: Path, rtc_weights: str
+) -> None:
+    # An earlier x4 run left a_x4.png beside a.png and x_gif_x3.png beside x.gif (the collision rule's name);
+    # an x2 run must not upscale those. holiday_x3.png has no original beside it: the user's own file.
+    _png(tmp_path / "a.png", 12, 10)
+    _png(tmp_path / "a_x4.png", 48, 40)
+    Image.new("RGB", (12, 10)).save(tmp_path / "x.gif")
+    _png(tmp_path / "x_gif_x3.png", 36, 30)
+    _png(tmp_path / "holiday_x3.png", 12, 10)
+    res = _upscale(str(tmp_path), "--json", weights=rtc_weights)
+    assert res.returncode == 0, res.stderr
+    assert {Path(e["input"]).name for e in json.loads(res.stdout)["images"]} == {
+        "a.png",
+        "x.gif",
+        "holiday_x3.png",
+    }
+    assert _files(tmp_path) == {
+        "a.png",
+        "a_x4.png",
+        "x.gif",
+        "x_gif_x3.png",
+        "holiday_x3.png",  # inputs and earlier outputs
+        "a_x2.png",
+        "x_x2.png",
+        "holiday_x3_x2.png",  # this run's
+    }
+
+
 def test_recursive_with_output_folder_inside_the_tree(tmp_path: Path, rtc_weights: str) -> None:
     tree = tmp_path / "tree"
     _png(tree / "x.png", 12, 10)
