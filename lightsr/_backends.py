@@ -14,7 +14,6 @@ whose height and width came out fixed is refused, so every graph here takes any 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import io
@@ -97,14 +96,6 @@ def metadata(desc: ModelDescriptor, weights_sha256: str | None = None) -> dict[s
     if weights_sha256 is not None:
         meta["lightsr.weights_file_sha256"] = weights_sha256
     return meta
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _trace_side(desc: ModelDescriptor) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lightsr import _backends
 from lightsr._engine import Upscaler, load_model
-from lightsr._weights import check_output_path
+from lightsr._weights import check_output_path, sha256_file
 from lightsr.errors import InputError, OutputError
 
 FORMATS = ("onnx", "openvino")
@@ -84,7 +84,7 @@ def export(
         up = load_model(name_or_upscaler, scale, weights=weights, device="cpu", precision="fp32")
     else:
         raise InputError(f"export takes a model name or an Upscaler, got {type(name_or_upscaler).__name__}")
-    file_sha = _backends.file_sha256(weights) if weights is not None else None
+    file_sha = sha256_file(weights) if weights is not None else None
     model = _backends.onnx_model(
         # A copy off the GPU: .cpu() would move the module the Upscaler itself runs.
         copy.deepcopy(up.module).cpu() if up.device.type != "cpu" else up.module,
