@@ -635,7 +635,8 @@ def _probe(src: Path) -> _Probe | None:
         ) from exc
     try:
         with Image.open(src) as im:
-            frames = int(getattr(im, "n_frames", 1) or 1)
+            # A camera MPO is one picture (its other frames are previews or depth maps): the API's rule too.
+            frames = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
             deep = None
             if im.format == "PNG":
                 raw = {_tile_args(t) for t in im.tile}

@@ -87,6 +87,10 @@ def test_multi_frame_files_are_refused_one_by_one(tmp_path: Path, rtc_weights: s
     first.save(src / "anim.png", save_all=True, append_images=rest, duration=100)  # APNG
     first.save(src / "pages.tif", save_all=True, append_images=rest)
     first.save(src / "still.gif")  # one frame: upscaled as usual
+    # A camera's MPO JPEG (picture + preview) is one picture, as lightsr.upscale takes it: upscaled.
+    first.convert("RGB").save(
+        src / "camera.jpg", format="MPO", save_all=True, append_images=[rest[0].convert("RGB")]
+    )
     res = run_cli(
         "upscale", str(src), "-o", str(tmp_path / "out"), *MODEL_ARGS, "--weights", rtc_weights, "--json"
     )
@@ -95,8 +99,8 @@ def test_multi_frame_files_are_refused_one_by_one(tmp_path: Path, rtc_weights: s
     for name in ("anim.gif", "anim.png", "pages.tif"):
         assert status[name]["status"] == "failed", status[name]
         assert "3 frames" in status[name]["error"] and name in res.stderr
-    assert status["still.gif"]["status"] == "written"
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"still.png"}
+    assert status["still.gif"]["status"] == "written" and status["camera.jpg"]["status"] == "written"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"still.png", "camera.jpg"}
     assert "Traceback" not in res.stderr
 
 
