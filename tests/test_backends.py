@@ -274,6 +274,7 @@ def test_auto_table_entries_keep_set5_within_002_db(weights_dir, bench_dir):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow  # two CLI processes that each load an inference engine: about 10 s per backend
 @pytest.mark.parametrize("backend", ENGINES)
 def test_cli_backend_flag(backend: str, weights_dir: Path, tmp_path: Path) -> None:
     """`lightsr upscale --backend X` runs the network on X: the PNG of --backend torch, within 1 level."""

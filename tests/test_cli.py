@@ -161,6 +161,7 @@ def test_version_and_module_entry_point() -> None:
     assert res.returncode == 0 and lightsr.__version__ in res.stdout
 
 
+@pytest.mark.slow  # about 20 s per signal: it waits for the run to reach its second image
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_leaves_no_partial_file_and_rerun_completes(
     tmp_path: Path, weights_dir: Path, sig: signal.Signals

@@ -243,8 +243,9 @@ def run_python(block: Block, namespace: dict[str, Any]) -> None:
         exec(compile("\n" * block.line + block.code, str(block.page), "exec"), namespace)  # noqa: S102
 
 
-# Examples that score a whole benchmark or fetch every model take tens of seconds on a small CPU.
-SLOW_MARKERS = ("evaluate(", "lightsr benchmark", "download --all")
+# Examples that score a whole benchmark, fetch every model or start a Ray cluster take tens of seconds on a
+# small CPU: they run in CI (``-m slow`` included), not in the developer's fast loop.
+SLOW_MARKERS = ("evaluate(", "lightsr benchmark", "download --all", "ray.init(")
 
 
 def _is_slow(code: str) -> bool:

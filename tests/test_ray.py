@@ -27,7 +27,8 @@ import lightsr.ray
 from lightsr.cli import _write_png16
 
 # One local Ray for the module: under xdist its tests stay on one worker (pyproject: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray")
+# Slow: starting Ray and its actors costs about a minute of the fast loop; CI runs these tests.
+pytestmark = [pytest.mark.xdist_group("ray"), pytest.mark.slow]
 
 MODEL = {"model": "imdn-rtc", "scale": 2}
 KILL_ENV = "LIGHTSR_RAY_TEST_KILL_ONCE"
