@@ -2,12 +2,14 @@
 """Quality cost of tiling and of reduced precision, per model: the tables of docs/tiling-and-precision.md.
 
 * ``--tiling``: Set14, fp32. Every image is upscaled whole (``tile_size=None``), with ``tile_size="auto"``
-  and in tiles of each ``--tiles`` size with the default ``tile_pad``; the mean Y-PSNR (the papers'
-  protocol: MATLAB bicubic LR, uint8 output, border = scale) of each is recorded with the seconds
-  taken. The issue's bar: every tiled mean within 0.01 dB of the whole-image mean.
+  and in tiles of each ``--tiles`` size with the default ``tile_pad``; the mean Y-PSNR of each is recorded
+  with the seconds taken. The issue's bar: every tiled mean within 0.01 dB of the whole-image mean.
 * ``--precision``: Set5, whole images, fp32 / bf16 / fp16 on the CPU, also where a model's traits mark
   a precision unsafe (``marked_safe`` in the row; ``precision="auto"`` never picks those). The bar: within
   0.02 dB of fp32, which is what the traits are set from.
+
+Scores are :func:`lightsr.evaluate`'s (the papers' protocol: MATLAB bicubic LR, uint8 output, Y-PSNR with
+border = scale), so these tables and ``lightsr benchmark`` can never measure differently.
 
 Results go to ``benchmarks/results/tiling.json`` and ``precision.json`` (the shapes ``scripts/gen_docs.py``
 reads; then run ``python scripts/gen_docs.py`` to refresh the docs). A run resumes: (model, scale) pairs
@@ -26,18 +28,14 @@ import json
 import os
 import platform
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import lightsr
-from lightsr import metrics
 from lightsr._engine import DEFAULT_TILE_PAD, cpu_has_bf16_units
-from lightsr._evaluate import read_hr
 from lightsr._zoo import describe, records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,30 +56,23 @@ def _pairs(selection: list[str]) -> list[tuple[str, int]]:
     return out
 
 
-def _images(shared: Path, dataset: str, scale: int) -> list[tuple[np.ndarray, torch.Tensor]]:
-    out = []
-    for path in sorted((shared / "benchmarks" / dataset / "HR").glob("*.png")):
-        hr = metrics.modcrop(read_hr(path), scale)
-        lr = metrics.imresize_matlab(hr, 1 / scale)
-        out.append((hr, torch.from_numpy(lr.transpose(2, 0, 1).copy()).float().div_(255).unsqueeze(0)))
-    return out
+class _Tiled:
+    """``up`` with every call run in tiles of ``tile_size``: :func:`lightsr.evaluate` upscales whole images
+    (``tile_size=None``), and takes any object with ``upscale`` and ``scale``, so through this the same
+    protocol scores tiled runs."""
+
+    def __init__(self, up: lightsr.Upscaler, tile_size: int | str | None) -> None:
+        self.up, self.tile_size = up, tile_size
+        self.name, self.scale, self.precision, self.device = up.name, up.scale, up.precision, up.device
+
+    def upscale(self, image: Any, **options: Any) -> Any:
+        return self.up.upscale(image, **{**options, "tile_size": self.tile_size})
 
 
-def _uint8(t: torch.Tensor) -> np.ndarray:
-    return t[0].double().clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy().astype(np.uint8)
-
-
-def _score(
-    up: lightsr.Upscaler, images: list[tuple[np.ndarray, torch.Tensor]], **options: Any
-) -> tuple[float, float]:
-    """Mean Y-PSNR and total seconds of ``up.upscale(lr, **options)`` over the images."""
-    psnrs, seconds = [], 0.0
-    for hr, lr in images:
-        started = time.perf_counter()
-        sr = up.upscale(lr, **options)
-        seconds += time.perf_counter() - started
-        psnrs.append(metrics.psnr_y(_uint8(sr), hr, up.scale))
-    return float(np.mean(psnrs)), seconds
+def _score(up: lightsr.Upscaler, dataset: Path, tile_size: int | str | None) -> tuple[float, float]:
+    """Mean Y-PSNR and the seconds of the upscale calls of :func:`lightsr.evaluate` on ``dataset``."""
+    result = lightsr.evaluate(_Tiled(up, tile_size), dataset)
+    return result.psnr_y, result.seconds
 
 
 def _device_line() -> str:
@@ -128,10 +119,9 @@ def run_tiling(
         up = lightsr.load_model(
             name, scale, weights=_weights(shared, name, scale), device="cpu", precision="fp32"
         )
-        images = _images(shared, "Set14", scale)
         rows = []
         for tile in (None, "auto", *tiles):
-            psnr, seconds = _score(up, images, tile_size=tile)
+            psnr, seconds = _score(up, shared / "benchmarks" / "Set14", tile)
             rows.append(
                 {
                     "model": name,
@@ -165,7 +155,6 @@ def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool, result
         if not redo and any((r["model"], r["scale"]) == (name, scale) for r in data["rows"]):
             continue
         traits = describe(name, scale).traits
-        images = _images(shared, "Set5", scale)
         rows = []
         for precision in ("fp32", "bf16", "fp16"):
             # Measured even where the traits mark a precision unsafe: the table shows why they do.
@@ -174,7 +163,7 @@ def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool, result
                 up = lightsr.load_model(
                     name, scale, weights=_weights(shared, name, scale), device="cpu", precision=precision
                 )
-            psnr, seconds = _score(up, images, tile_size=None)
+            psnr, seconds = _score(up, shared / "benchmarks" / "Set5", None)
             rows.append(
                 {
                     "model": name,

@@ -10,7 +10,7 @@ Two pieces, for the two ways people run batch inference on Ray Data:
 
 Decisions (docs/ray.md says more):
 
-* ``upscale_dataset`` plans on the driver with the CLI's own helpers (``lightsr.cli``: which files, which
+* ``upscale_dataset`` plans on the driver with the CLI's own helpers (``lightsr._batch``: which files, which
   output names, collisions, outputs never inputs, skip existing) and hands Ray a dataset of *paths*; the
   workers read each file with lightsr's readers. Ray's ``read_images`` would decode through Pillow to 8-bit
   arrays: 16-bit colour loses 8 bits, EXIF orientation is not applied, EXIF and ICC profiles are dropped, and
@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image, ImageColor
 
 import lightsr
-from lightsr import cli as _cli
+from lightsr import _batch
 from lightsr.errors import InputError, OutputError
 
 try:
@@ -216,7 +216,7 @@ def _die_if_chosen(dst: str) -> None:
 
 
 class _Replay:
-    """Stands in for the Upscaler in the CLI's own per-image function (``lightsr.cli._upscale_one``), so that
+    """Stands in for the Upscaler in the CLI's per-image step (``lightsr._batch.upscale_one``), so that
     reading, checks and writing stay exactly the CLI's: first to capture what it would upscale (for one
     batched network run), then to hand it that image's result."""
 
@@ -255,15 +255,15 @@ class _WriteFiles:
         )
         self.batch_same_size = _groups(self.upscaler, batch_same_size)
         self.args = argparse.Namespace(tile=tile_size, max_pixels=max_pixels)
-        self.pixels_kw, self.limit = _cli._max_pixels(self.args)  # the CLI's rule, in this worker too
-        self.out = _cli._Output(
+        self.pixels_kw, self.limit = _batch.pixel_limit(self.args)  # the CLI's rule, in this worker too
+        self.out = _batch.Output(
             ImageColor.getrgb(background)[:3],
             background,
             note=lambda text: print(f"lightsr upscale: {text}", file=sys.stderr),  # type: ignore[arg-type]
         )
 
     def _one(self, job: Any, entry: dict[str, Any], upscaler: Any) -> None:
-        _cli._upscale_one(
+        _batch.upscale_one(
             job, upscaler, entry, self.args, self.pixels_kw, self.limit, self.out, lambda d, t: None
         )
 
@@ -273,15 +273,10 @@ class _WriteFiles:
         entries: list[dict[str, Any]] = []
         pending: list[tuple[int, Any, float]] = []  # captured, waiting for one batched network run
         for n, row in enumerate(rows):
-            entry: dict[str, Any] = {
-                "input": row["input"],
-                "output": row["output"],
-                "status": "interrupted",
-                "error": None,
-            }
+            entry = _batch.record(row["input"], row["output"])
             entries.append(entry)
             t0 = time.perf_counter()
-            job = _cli._Job(Path(row["src"]), Path(row["dst"]))
+            job = _batch.Job(Path(row["src"]), Path(row["dst"]))
             try:
                 if job.dst.is_dir():
                     raise OutputError(f"the output path {row['output']!r} is a folder")
@@ -305,7 +300,7 @@ class _WriteFiles:
                     self._one(job, entry, self.upscaler)
                     entry["status"] = "written"
             except Exception as exc:  # noqa: BLE001 - one bad image never ends the batch
-                entry.update(status="failed", error=_cli._cli_message(exc))
+                entry.update(status="failed", error=_batch.cli_message(exc))
             entry["seconds"] = round(time.perf_counter() - t0, 4)
             if entry["status"] == "written" and n < len(rows) - 1:
                 _die_if_chosen(row["dst"])
@@ -329,13 +324,13 @@ class _WriteFiles:
                 results = list(self.upscaler.upscale([image for _, image, _ in pending], **kw))
         for k, (n, image, t0) in enumerate(pending):
             entry = entries[n]
-            job = _cli._Job(Path(rows[n]["src"]), Path(rows[n]["dst"]))
+            job = _batch.Job(Path(rows[n]["src"]), Path(rows[n]["dst"]))
             try:
                 result = results[k] if results else self.upscaler.upscale(image, **kw)
                 self._one(job, entry, _Replay(self.upscaler.scale, result))
                 entry["status"] = "written"
             except Exception as exc:  # noqa: BLE001 - one bad image never ends the batch
-                entry.update(status="failed", error=_cli._cli_message(exc))
+                entry.update(status="failed", error=_batch.cli_message(exc))
             entry["seconds"] = round(time.perf_counter() - t0, 4)
             if entry["status"] == "written" and n < len(rows) - 1:
                 _die_if_chosen(rows[n]["dst"])
@@ -354,7 +349,7 @@ def _resolve_model(
         device="cpu",
         precision="fp32",
     )
-    up = _cli._load(ns)
+    up = _batch.load_upscaler(ns)
     if weights is not None:
         return up, Path(weights)
     # Cached by the load above, verified against the manifest's sha256 again here.
@@ -426,47 +421,33 @@ def upscale_dataset(
     """
     inputs = [os.fspath(s) for s in ([src] if isinstance(src, (str, os.PathLike)) else src)]
     out_dir = Path(dst) if dst is not None else None
-    if tile_size not in ("auto", None) and (not isinstance(tile_size, int) or tile_size < _cli.MIN_TILE):
+    if tile_size not in ("auto", None) and (not isinstance(tile_size, int) or tile_size < _batch.MIN_TILE):
         raise InputError(
-            f"tile_size must be 'auto', None or an int of at least {_cli.MIN_TILE}, not {tile_size!r}"
+            f"tile_size must be 'auto', None or an int of at least {_batch.MIN_TILE}, not {tile_size!r}"
         )
-    if format not in ("auto", "same", *_cli._FORMAT_EXT):
-        raise InputError(f"format must be one of auto, same, {', '.join(_cli._FORMAT_EXT)}; not {format!r}")
+    if format not in ("auto", "same", *_batch.FORMAT_EXT):
+        raise InputError(f"format must be one of auto, same, {', '.join(_batch.FORMAT_EXT)}; not {format!r}")
     try:
         ImageColor.getrgb(background)
     except ValueError as exc:
         raise InputError(f"background takes a colour name or #rrggbb, not {background!r}") from exc
     try:
-        _cli._check_inputs(inputs, out_dir)
+        _batch.check_inputs(inputs, out_dir)
         up, weights_path = _resolve_model(model, scale, weights)
-        found, problems = _cli._expand_inputs(inputs, recursive, out_dir, up.scale)
+        found, problems = _batch.expand_inputs(inputs, recursive, out_dir, up.scale)
         if not found and not problems:
-            raise _cli._UsageError(
+            raise _batch.UsageError(
                 "no image files found in the inputs (nothing but earlier outputs, or no images)"
             )
-        jobs = _cli._plan(found, out_dir, up.scale, format)
-    except _cli._UsageError as exc:  # the CLI's usage errors, as the API's error (the cause says which)
+        jobs = _batch.plan(found, out_dir, up.scale, format)
+    except _batch.UsageError as exc:  # the CLI's usage errors, as the API's error (the cause says which)
         raise InputError(str(exc)) from exc
-    _cli._remove_stale_partials({j.dst.parent for j in jobs})
+    _batch.remove_stale_partials({j.dst.parent for j in jobs})
 
-    entries: list[dict[str, Any]] = []
-    for folder, why in problems:
-        entries.append(
-            {
-                "input": str(folder),
-                "output": None,
-                "status": "failed",
-                "error": f"cannot read this folder: {why}",
-            }
-        )
-    for job in jobs:
-        if job.refused:
-            entries.append(
-                {"input": str(job.src), "output": str(job.dst), "status": "failed", "error": job.refused}
-            )
+    entries, todo = _batch.refused(problems, jobs)
     rows: list[dict[str, Any]] = []
-    for job in (j for j in jobs if not j.refused):
-        entry = {"input": str(job.src), "output": str(job.dst), "status": "interrupted", "error": None}
+    for job in todo:
+        entry = _batch.record(job.src, job.dst)
         entries.append(entry)
         planned = _signature(str(job.dst))
         if planned and not overwrite and not job.dst.is_dir():
@@ -483,14 +464,15 @@ def upscale_dataset(
             }
         )
 
-    summary: dict[str, Any] = {
+    # precision and device: as the first worker reports them
+    about: dict[str, Any] = {
         "model": up.name,
         "scale": up.scale,
         "precision": None,
         "device": None,
         "backend": up.backend,
     }
-    started_ray = False
+    started_ray = interrupted = False
     try:
         if rows:
             if not ray.is_initialized():
@@ -499,7 +481,7 @@ def upscale_dataset(
             _run(
                 rows,
                 entries,
-                summary,
+                about,
                 up,
                 weights_path,
                 device=device,
@@ -515,39 +497,18 @@ def upscale_dataset(
                 progress=progress,
                 map_batches_kwargs=map_batches_kwargs,
             )
-        summary["interrupted"] = False
     except KeyboardInterrupt:  # Ctrl-C: the summary so far (finished images are complete files)
-        summary["interrupted"] = True
+        interrupted = True
     finally:
         if started_ray:
             ray.shutdown()
-        summary["images"] = entries
-        for status in ("written", "skipped", "failed"):
-            summary[status] = sum(1 for e in entries if e["status"] == status)
-        summary.setdefault("interrupted", False)
-        summary["error"] = None
-    return {
-        k: summary[k]
-        for k in (
-            "model",
-            "scale",
-            "precision",
-            "device",
-            "backend",
-            "images",
-            "written",
-            "skipped",
-            "failed",
-            "interrupted",
-            "error",
-        )
-    }
+    return _batch.summary(about, entries, interrupted, None)
 
 
 def _run(
     rows: list[dict[str, Any]],
     entries: list[dict[str, Any]],
-    summary: dict[str, Any],
+    about: dict[str, Any],
     up: lightsr.Upscaler,
     weights_path: Path,
     *,
@@ -598,8 +559,8 @@ def _run(
         with tqdm(total=len(rows), unit="img", disable=not progress, file=sys.stderr) as bar:
             for row in ds.iter_rows():
                 entries[int(row["index"])] = json.loads(row["entry"])
-                summary["device"] = summary["device"] or str(row["device"])
-                summary["precision"] = summary["precision"] or str(row["precision"])
+                about["device"] = about["device"] or str(row["device"])
+                about["precision"] = about["precision"] or str(row["precision"])
                 bar.update(1)
     finally:
         ctx.enable_progress_bars = bars

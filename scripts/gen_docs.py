@@ -525,14 +525,28 @@ def gen_model_sections(page: Path) -> str:
     return "\n".join(out)
 
 
+def _auto_precision(desc: Any, device: str) -> str:
+    """What ``precision='auto'`` runs ``desc`` in on ``device`` ("cpu": one with native bf16 units), as the
+    engine decides it (its rule and the model's traits), not a copy of the rule."""
+    from unittest import mock
+
+    import torch
+
+    from lightsr import _engine
+
+    with mock.patch.object(_engine, "cpu_has_bf16_units", lambda: True):
+        dtype = _engine._model_dtype("auto", torch.device(device), desc)
+    return {v: k for k, v in _engine._PRECISIONS.items()}[dtype]
+
+
 def gen_model_traits(page: Path) -> str:
     from lightsr._zoo import describe
 
     rows = []
     for rec in _default_records(load_manifest()):
-        t = describe(rec["model"], rec["scale"]).traits
-        auto_cpu = "bf16" if t.bf16_safe else "fp32"
-        auto_cuda = "fp16" if t.fp16_safe else "fp32"
+        desc = describe(rec["model"], rec["scale"])
+        t = desc.traits
+        auto_cpu, auto_cuda = _auto_precision(desc, "cpu"), _auto_precision(desc, "cuda")
         rows.append(
             [
                 rec["model"],

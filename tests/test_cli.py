@@ -260,7 +260,7 @@ def test_16bit_colour_tiff_stays_16bit(tmp_path: Path, rtc_weights: str) -> None
         "png",
     )
     assert as_png.returncode == 0, as_png.stderr
-    from lightsr.cli import _read_png16
+    from lightsr._batch import read_png16 as _read_png16
 
     assert (_read_png16(tmp_path / "png" / "scan.png") == out).all()
 

@@ -190,7 +190,7 @@ def _encode_png16(path: Path, array: np.ndarray, filters: list[int]) -> None:
 
 @pytest.mark.parametrize("channels", [3, 4])
 def test_write_png16_decodes_independently_and_in_pillow(tmp_path: Path, channels: int) -> None:
-    from lightsr.cli import _write_png16
+    from lightsr._batch import write_png16 as _write_png16
 
     array = np.random.default_rng(4).integers(0, 65536, (9, 7, channels), dtype=np.uint16)
     array[0, 0] = 0x0102  # high and low bytes distinct: a byte swap would show
@@ -206,7 +206,7 @@ def test_write_png16_decodes_independently_and_in_pillow(tmp_path: Path, channel
 
 @pytest.mark.parametrize("channels", [3, 4])
 def test_read_png16_matches_an_independent_encoder(tmp_path: Path, channels: int) -> None:
-    from lightsr.cli import _read_png16
+    from lightsr._batch import read_png16 as _read_png16
 
     array = np.random.default_rng(5).integers(0, 65536, (11, 6, channels), dtype=np.uint16)
     _encode_png16(tmp_path / "deep.png", array, filters=[0, 1, 2, 4])

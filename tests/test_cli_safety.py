@@ -369,7 +369,7 @@ def test_usage_error_after_loading_still_prints_the_json_summary(tmp_path: Path,
 
 def test_temporary_file_names_carry_this_process(tmp_path: Path) -> None:
     """The naming the stale-file cleanup relies on (pid@host), read from the code that writes outputs."""
-    from lightsr.cli import _atomic_output
+    from lightsr._batch import atomic_output as _atomic_output
 
     with _atomic_output(tmp_path / "x.png") as tmp:
         name = Path(tmp).name

@@ -25,9 +25,11 @@ LAYERS = {
     "lightsr._api": 7,
     "lightsr._export": 7,
     "lightsr": 8,
-    "lightsr.cli": 9,
-    "lightsr.__main__": 10,
-    "lightsr.ray": 9,  # beside the CLI: built on its planning and safe-write helpers; `--ray` runs it
+    # The batch the CLI and lightsr.ray share: planning, safe writes, the one-file step, the summary.
+    "lightsr._batch": 9,
+    "lightsr.cli": 10,
+    "lightsr.ray": 10,  # beside the CLI, not on it: both are built on lightsr._batch; `--ray` runs it
+    "lightsr.__main__": 11,
 }
 
 
@@ -79,10 +81,16 @@ def test_imports_point_downwards() -> None:
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
+# lightsr._batch is private only to keep it out of the API: it is the CLI's own batch code (shared with
+# lightsr.ray) and is itself held to the public API, so the CLI still rests on nothing but the public API.
+PUBLIC_API_ONLY = {"cli.py": {"lightsr._batch"}, "_batch.py": set()}
+
+
 def test_cli_uses_public_api_only() -> None:
-    imports = _imports(PKG / "cli.py")
-    private = sorted(i for i in imports if i.split(".")[-1].startswith("_"))
-    assert not private, f"cli.py must import only the public API, found {private}"
+    for file, allowed in PUBLIC_API_ONLY.items():
+        imports = _imports(PKG / file) - allowed
+        private = sorted(i for i in imports if i.split(".")[-1].startswith("_"))
+        assert not private, f"{file} must import only the public API, found {private}"
 
 
 def test_only_hub_imports_huggingface_hub() -> None:

@@ -24,7 +24,7 @@ except ImportError:
 
 import lightsr
 import lightsr.ray
-from lightsr.cli import _write_png16
+from lightsr._batch import write_png16 as _write_png16
 
 # One local Ray for the module: under xdist its tests stay on one worker (pyproject: --dist loadgroup).
 # Slow: starting Ray and its actors costs about a minute of the fast loop; CI runs these tests.
