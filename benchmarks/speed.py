@@ -14,6 +14,14 @@ table reports medians and the median of the per-round ratios to ``plain``:
   optimisations, the torch thread count) and OpenVINO (latency hint, fp32 or bf16 inference precision; bf16
   only on CPUs with bf16 units) on the same exported network (``lightsr._backends.onnx_model`` of
   ``plain``), compiled for the input shape before timing. ``fastest`` names the quickest variant of the row.
+* ``compile`` (``--compile``): ``torch.compile(plain)`` (Inductor, static shape), compiled by its first call;
+  that call's seconds are reported apart (``compile s``) and never enter the timings.
+* ``default / best peer`` (with ``--upscaler`` and ``--engines`` or ``--compile``): the median over rounds
+  of (fastest peer's seconds / ``up auto``'s seconds) in the same round, where the peers are plain, the
+  engines and ``compile``: at least 1.0 means lightsr's default (``load_model`` + ``upscale``, backend and
+  precision auto) is at least as fast as the best thing a user could pick instead at the same quality
+  (OpenVINO bf16 counts only on bf16-safe records). The bracket is the run's noise band: the lowest and
+  highest of those per-round ratios.
 
 Inputs: 320x180 LR for x4 (1280x720 out), 640x360 for x2, 427x240 for x3. Throughput is output
 megapixels per second. ``max|d|`` is the largest absolute difference to ``plain`` (fp32), ``dPSNR``
@@ -21,7 +29,8 @@ the Set5 Y-PSNR change of ``fast auto`` against ``plain`` (reduced precision). T
 this machine's best 3x3-convolution throughput at the model's width in each precision, counts the
 network's multiply-adds with forward hooks, and prints achieved FLOP/s as a share of that peak.
 The memory section runs ``lightsr upscale`` x4 in fresh subprocesses on 1500x1500 and 3000x3000 RGB
-images and reports each child's peak resident memory (``ru_maxrss``).
+images and reports each child's peak resident memory (``ru_maxrss``), once per ``--memory-backends`` entry
+(default: the CLI's default backend only).
 
 Usage (from the repository root)::
 
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import math
 import os
 import platform
@@ -351,6 +361,9 @@ class Row:
     dpsnr: float | None
     pct_peak: dict[str, float] = field(default_factory=dict)
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    # Seconds of torch.compile's compiling first call, or why it could not compile (None: not asked).
+    compile_s: float | str | None = None
+    bf16_ok: bool = True  # the record's bf16_safe trait
 
     def update_pct_peak(self, device: torch.device) -> None:
         """Each variant's achieved FLOP/s as a percentage of the (cached) conv peak of its width and dtype."""
@@ -360,6 +373,45 @@ class Row:
 
 
 ENGINE_COLUMNS = ("ORT fp32", "OV fp32", "OV bf16")
+# What a user could run instead of lightsr's default: the "default / best peer" column's competitors.
+PEERS = ("plain", *ENGINE_COLUMNS, "compile")
+
+
+def compile_fn(plain: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any] | None, float | str]:
+    """``torch.compile`` of the plain module for ``x``'s shape: (call, seconds of the compiling first call),
+    or (None, why) where Inductor cannot build here (it needs a C++ compiler on CPU)."""
+    try:
+        compiled = torch.compile(plain, dynamic=False)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            compiled(x)
+            seconds = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 (Inductor raises many types: no compiler, unsupported op)
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    return (lambda: compiled(x)), seconds
+
+
+def default_vs_best_peer(
+    times: dict[str, list[float]], bf16_ok: bool = True
+) -> tuple[float, float, float, str] | None:
+    """(median, lowest, highest) over rounds of the fastest peer's seconds / ``up auto``'s seconds in the
+    same round, and the peer fastest by median; None without ``up auto`` or any peer but plain.
+
+    A peer must meet the quality bar lightsr's default meets: OpenVINO bf16 competes only where the record
+    is bf16-safe (``bf16_ok``: Set5 within 0.02 dB of fp32), as 'auto' would not pick bf16 elsewhere either.
+
+    Example:
+        >>> default_vs_best_peer({"up auto": [1.0, 1.0, 1.0], "plain": [3.0, 3.0, 3.0],
+        ...                       "OV bf16": [0.9, 1.1, 1.2]})
+        (1.1, 0.9, 1.2, 'OV bf16')
+    """
+    peers = [k for k in PEERS if k in times and k != "plain" and (bf16_ok or k != "OV bf16")]
+    if "up auto" not in times or not peers:
+        return None
+    peers.append("plain")
+    per_round = [min(times[p][i] for p in peers) / mine for i, mine in enumerate(times["up auto"])]
+    best = min(peers, key=lambda p: statistics.median(times[p]))
+    return statistics.median(per_round), min(per_round), max(per_round), best
 
 
 def engine_fns(
@@ -401,6 +453,7 @@ def bench_case(
     psnr: bool,
     upscaler: bool,
     engines: bool = False,
+    compiled: bool = False,
 ) -> Row:
     up32 = load(case, "fp32", device)
     plain = up32.module
@@ -430,6 +483,11 @@ def bench_case(
         fns["up auto"] = lambda: upauto.upscale(x)
     if engines:
         fns.update(engine_fns(plain, desc, x, device))
+    compile_s: float | str | None = None
+    if compiled:
+        fn, compile_s = compile_fn(plain, x)
+        if fn is not None:
+            fns["compile"] = fn
     # The first call of every variant is its warm-up (a warm-up round more would cost a third of the
     # benchmark's time: FDIWN x2, 26 s); it is timed too, and plain's and fast fp32's outputs are compared.
     warm: dict[str, float] = {}
@@ -483,6 +541,8 @@ def bench_case(
         max_diff,
         dpsnr,
         dtypes=dtypes,
+        compile_s=compile_s,
+        bf16_ok=desc.traits.bf16_safe,
     )
     row.update_pct_peak(device)
     return row
@@ -562,9 +622,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 def cli_peak_rss(
-    case: Case, side: int, workdir: Path, fmt: str, precision: str
+    case: Case, side: int, workdir: Path, fmt: str, precision: str, backend: str | None = None
 ) -> tuple[float, float, int, str]:
-    """Peak resident MB, seconds and exit status of ``lightsr upscale`` on a side x side RGB image (child)."""
+    """Peak resident MB, seconds and exit status of ``lightsr upscale`` on a side x side RGB image (child),
+    with ``--backend backend`` (None: the CLI's default)."""
     from PIL import Image
 
     src = workdir / f"in_{side}.png"
@@ -594,6 +655,7 @@ def cli_peak_rss(
         fmt,
         "--overwrite",
         "-q",
+        *(["--backend", backend] if backend else []),
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -703,7 +765,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also time ONNX Runtime fp32 and OpenVINO fp32/bf16 on the exported network (CPU)",
     )
     ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile of the plain module (compile time reported apart)",
+    )
+    ap.add_argument(
         "--memory-sizes", type=int, nargs="*", default=None, help="image sides for the memory runs"
+    )
+    ap.add_argument(
+        "--memory-backends",
+        nargs="*",
+        default=None,
+        metavar="BACKEND",
+        help="run the memory runs once per backend (torch, onnxruntime, openvino; default: the CLI default)",
     )
     ap.add_argument(
         "--memory-format", default="tiff", help="output format of the memory runs (tiff: no PNG encoder time)"
@@ -763,13 +837,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.upscaler:
         header += ["up fp32", "up auto"]
     if args.engines:
-        header += [*ENGINE_COLUMNS, "fastest"]
+        header += [*ENGINE_COLUMNS]
+    if args.compile:
+        header += ["compile", "compile s"]
+    if args.engines or args.compile:
+        header += ["fastest"]
+    if args.upscaler and (args.engines or args.compile):
+        header += ["default / best peer [noise]"]
     header += ["% peak plain / fp32 / auto", "target needs fp32 1.5x / auto 5x"]
     print(fmt_table(header, []), flush=True)
     rows = []
     for case in cases:  # each row is printed as soon as it is measured: a cut-off run still reports
         t0 = time.perf_counter()
-        r = bench_case(case, device, rounds, args.shared, not args.no_psnr, args.upscaler, args.engines)
+        r = bench_case(
+            case, device, rounds, args.shared, not args.no_psnr, args.upscaler, args.engines, args.compile
+        )
         rows.append(r)
         med = {k: statistics.median(v) for k, v in r.times.items()}
         cells = [
@@ -789,7 +871,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             cells += [
                 f"{r.out_mp / med[k]:.2f} ({r.speedup[k]:.2f}x)" if k in med else "-" for k in ENGINE_COLUMNS
             ]
+        if args.compile:
+            k = "compile"
+            cells.append(f"{r.out_mp / med[k]:.2f} ({r.speedup[k]:.2f}x)" if k in med else "-")
+            cells.append(f"{r.compile_s:.0f}" if isinstance(r.compile_s, float) else str(r.compile_s))
+        if args.engines or args.compile:
             cells.append(min(med, key=med.get))
+        if args.upscaler and (args.engines or args.compile):
+            vs = default_vs_best_peer(r.times, r.bf16_ok)
+            cells.append("-" if vs is None else f"{vs[0]:.2f} [{vs[1]:.2f}-{vs[2]:.2f}] vs {vs[3]}")
         cells += roofline_cells(r)
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
         print(f"<!-- {case.label}: {time.perf_counter() - t0:.0f} s -->", file=sys.stderr, flush=True)
@@ -883,30 +973,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"output {args.memory_format})\n"
         )
         mem_rows = []
+        backends: list[str | None] = list(args.memory_backends) if args.memory_backends else [None]
         with tempfile.TemporaryDirectory(prefix="lightsr-bench-") as tmp:
-            for side in sizes:
-                mb, sec, rc, err = cli_peak_rss(case, side, Path(tmp), args.memory_format, "auto")
+            for side, backend in itertools.product(sizes, backends):
+                mb, sec, rc, err = cli_peak_rss(case, side, Path(tmp), args.memory_format, "auto", backend)
                 out_mb = side * side * case.record["scale"] ** 2 * 3 / 1e6
+                status = "ok" if rc == 0 else f"exit {rc}: {err}"
                 mem_rows.append(
                     (
                         f"{side}x{side}",
+                        backend or "default",
                         f"{out_mb:.0f} MB",
                         f"{mb:.0f} MB",
                         f"{sec:.0f}",
-                        "ok" if rc == 0 else f"exit {rc}: {err}",
+                        status,
                     )
                 )
                 extra.setdefault("memory", []).append(
                     {
                         "model": case.label,
                         "input": [side, side],
+                        "backend": backend or "default",
                         "output_mb": round(out_mb, 1),
                         "peak_rss_mb": round(mb, 1),
                         "seconds": round(sec, 1),
-                        "status": "ok" if rc == 0 else f"exit {rc}: {err}",
+                        "status": status,
                     }
                 )
-        print(fmt_table(["input", "uint8 output", "peak RSS", "seconds", "status"], mem_rows))
+        print(fmt_table(["input", "backend", "uint8 output", "peak RSS", "seconds", "status"], mem_rows))
 
     wall = time.perf_counter() - started
     print(
