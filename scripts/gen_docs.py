@@ -20,7 +20,8 @@ model-sections       weights_manifest.json + ``ARCHITECTURE`` below: paper, sket
 model-traits         ``lightsr._zoo.describe(...).traits``: size limits and fp16/bf16 safety per model
 api-reference        ``lightsr.__all__`` (and ``lightsr.metrics``): signatures and docstrings
 cli-reference        ``lightsr.cli.build_parser()``: the ``--help`` text of every subcommand
-errors               ``lightsr.errors`` (every class, its bases, its docstring) + ``ERROR_HELP`` below
+errors               ``lightsr.errors``: every class, its bases, its docstring (with its Causes and What to do
+                     sections)
 tiling-table         benchmarks/results/tiling.json (shape in ``TILING_SHAPE``), when it exists
 precision-table      benchmarks/results/precision.json (shape in ``PRECISION_SHAPE``), when it exists
 performance-summary  docs/performance.md and docs/images/psnr_vs_speed.png, when they exist
@@ -166,160 +167,6 @@ x ─ bilinear ×4 ────────────────────�
 AttBlock: spatially-adaptive feature modulation (four channel chunks, three of them max-pooled to 1/4, 1/8,
 1/16 size, depthwise conv3x3, resized back, conv1x1, GELU gate) + convolutional channel mixer, each residual.
 The NTIRE 2023 efficient-SR entry (36 channels); needs inputs of at least 16 pixels. 0..1 input; x4 only.""",
-}
-
-# What causes each lightsr error and what to do about it (the docstring says what it is).
-ERROR_HELP: dict[str, tuple[list[str], list[str]]] = {
-    "LightSRError": (
-        ["The base class: every error below is one. Nothing raises it directly."],
-        [
-            (
-                "`except lightsr.errors.LightSRError` catches every deliberate lightsr error; the message "
-                "says "
-                "what went wrong and what to do."
-            )
-        ],
-    ),
-    "UnknownModelError": (
-        [
-            (
-                "A model name that lightsr does not know: a typo, a name from another library "
-                "(`'RFDN'` works, `'e-rfdn'` does not), or a model added in a newer lightsr."
-            )
-        ],
-        [
-            (
-                "`lightsr models` (or `lightsr.list_models()`) lists the names; `exc.available` holds them. "
-                "Names are case-insensitive and use hyphens, e.g. `carn-m`, `rlfn-s`."
-            )
-        ],
-    ),
-    "UnsupportedScaleError": (
-        ["The model has no official weights at that scale, e.g. `rfdn` at x2: its authors released x4 only."],
-        [
-            (
-                "Pass one of `exc.available`, or pick a model that has the scale (the models table lists "
-                "every "
-                "model's scales)."
-            )
-        ],
-    ),
-    "CheckpointError": (
-        [
-            (
-                "`weights=` points to a file that is not a checkpoint, is truncated, or belongs to another "
-                "model "
-                "or scale (its tensors do not fit)."
-            ),
-            "A `.safetensors` file written by another tool, or for another model.",
-        ],
-        [
-            (
-                "Give the matching `name` and `scale` for the file (the error names the tensors that do not "
-                "fit)."
-            ),
-            (
-                "Re-download the checkpoint; convert it with `lightsr convert SRC -o DST --model NAME "
-                "--scale S`."
-            ),
-        ],
-    ),
-    "WeightsNotFoundError": (
-        [
-            "Offline (`HF_HUB_OFFLINE=1`) and the weights are not in the cache.",
-            "`weights=PATH` names a file that does not exist.",
-        ],
-        [
-            (
-                "While online, `lightsr download NAME --scale S` (or `lightsr.download_weights`) fills the "
-                "cache."
-            ),
-            (
-                "Or download the upstream checkpoint named in the message and pass `weights=PATH`; see "
-                "[weights and offline use](weights.md)."
-            ),
-        ],
-    ),
-    "WeightsIntegrityError": (
-        [
-            (
-                "A downloaded or cached file does not have the sha256 pinned in the manifest: a corrupted "
-                "download, a cache file changed on disk, or a mirror (`HF_ENDPOINT`, "
-                "`LIGHTSR_UPSTREAM_ENDPOINT`) "
-                "that serves a different file."
-            )
-        ],
-        [
-            "Load again: the bad file has been removed and is fetched afresh.",
-            "If it persists, the mirror serves another file: unset the mirror variable or report it.",
-        ],
-    ),
-    "DownloadError": (
-        [
-            (
-                "The Hugging Face Hub or the upstream repository cannot be reached: no network, a proxy, a "
-                "firewall, a wrong `HF_ENDPOINT` / `LIGHTSR_UPSTREAM_ENDPOINT`, or the host refuses."
-            )
-        ],
-        [
-            "Check the connection and the proxy variables (`HTTPS_PROXY`), and the endpoint variables.",
-            "Or download the checkpoint named in the message yourself and pass `weights=PATH`.",
-        ],
-    ),
-    "InputError": (
-        [
-            (
-                "An image or tensor lightsr cannot process: an unreadable file, an unsupported mode or "
-                "dtype, a "
-                "float image outside 0..1 (e.g. 0..255 floats), NaN or inf, a wrong shape or channel count."
-            ),
-            (
-                "An option with a wrong value (e.g. `tile_size=8`: tiles are at least 16 pixels), or a "
-                "benchmark "
-                "folder without images."
-            ),
-        ],
-        [
-            'Follow the message: it says which input was wrong and how to fix it (e.g. "divide by 255").',
-            (
-                "Accepted inputs: a path, a PIL image, a numpy array (H×W[×C], uint8/uint16/float 0..1) or a "
-                "tensor (C×H×W or N×C×H×W); see [getting started](getting-started.md)."
-            ),
-        ],
-    ),
-    "ImageTooLargeError": (
-        [
-            (
-                "The image has more pixels than the configured limit, or than Pillow's decompression-bomb "
-                "guard "
-                "allows for a file."
-            )
-        ],
-        ["If you trust the file, raise the limit named in the message; or shrink or split the image first."],
-    ),
-    "DeviceError": (
-        [
-            "`device='cuda'` (or `'mps'`) where none is available, an unknown device or precision string.",
-            "The GPU ran out of memory even at the smallest tile (other processes hold the memory).",
-        ],
-        [
-            "Use `device='auto'` (CUDA if present, else MPS, else CPU) or `device='cpu'`.",
-            (
-                "Free GPU memory, use `precision='fp16'`, or a smaller `tile_size`; see "
-                "[tiling and precision](tiling-and-precision.md)."
-            ),
-        ],
-    ),
-    "OutputError": (
-        [
-            (
-                "The CLI cannot write an output: the folder is not writable, the path is a folder, or the "
-                "format "
-                "cannot hold the image."
-            )
-        ],
-        ["Choose another `-o` folder or `--format`; existing outputs are skipped unless `--overwrite`."],
-    ),
 }
 
 
@@ -838,13 +685,33 @@ def _builtin_bases(cls: type) -> list[str]:
     ]
 
 
+_SECTION = re.compile(r"^(Causes|What to do):$", re.MULTILINE)
+
+
+def error_help(cls: type) -> tuple[str, list[str], list[str]]:
+    """An error class's docstring as (what it means, causes, what to do).
+
+    The causes and fixes are the docstring's ``Causes:`` and ``What to do:`` sections, one ``- `` bullet per
+    item (continuation lines indented under it), so ``help()`` on the class shows them too.
+    """
+    parts = _SECTION.split(inspect.cleandoc(cls.__doc__ or ""))
+    sections = dict(zip(parts[1::2], parts[2::2]))
+    if set(sections) != {"Causes", "What to do"}:
+        raise KeyError(
+            f"lightsr.errors.{cls.__name__}: its docstring needs a 'Causes:' and a 'What to do:' section "
+            "(one '- ' bullet per item); add them"
+        )
+
+    def bullets(text: str) -> list[str]:
+        items = re.split(r"^\s*- ", inspect.cleandoc(text), flags=re.MULTILINE)
+        return [" ".join(line.strip() for line in item.splitlines()) for item in items if item.strip()]
+
+    return parts[0].strip(), bullets(sections["Causes"]), bullets(sections["What to do"])
+
+
 def gen_errors(page: Path) -> str:
     classes = error_classes()
-    missing = [c.__name__ for c in classes if c.__name__ not in ERROR_HELP]
-    if missing:
-        raise KeyError(
-            f"scripts/gen_docs.py: ERROR_HELP has no cause/fix text for {', '.join(missing)}; add it"
-        )
+    helps = {c.__name__: error_help(c) for c in classes}
     rows = []
     for c in classes:
         parents = [b.__name__ for b in c.__bases__ if b.__module__ != "builtins"]
@@ -858,11 +725,11 @@ def gen_errors(page: Path) -> str:
         )
     out = [_table(["error", "lightsr parent", "also a (builtin)", "what it means"], rows)]
     for c in classes:
-        causes, fixes = ERROR_HELP[c.__name__]
+        meaning, causes, fixes = helps[c.__name__]
         out.append(f"\n### {c.__name__}\n")
         bases = ", ".join(f"`{b}`" for b in _builtin_bases(c))
         out.append(
-            _inline(inspect.cleandoc(c.__doc__ or "")).replace("\n", " ")
+            _inline(meaning).replace("\n", " ")
             + (f" Also a {bases}: `except {_builtin_bases(c)[0]}` catches it." if bases else "")
             + "\n"
         )

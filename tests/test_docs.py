@@ -405,22 +405,42 @@ def test_unknown_block_name_is_an_error(tmp_path: Path) -> None:
 
 
 def test_every_error_class_has_cause_and_fix() -> None:
-    classes = {c.__name__ for c in gen_docs.error_classes()}
-    assert classes - set(gen_docs.ERROR_HELP) == set(), (
-        "add cause/fix text to ERROR_HELP in scripts/gen_docs.py"
-    )
-    assert set(gen_docs.ERROR_HELP) - classes == set(), (
-        "ERROR_HELP names classes lightsr.errors no longer has"
-    )
+    for cls in gen_docs.error_classes():
+        meaning, causes, fixes = gen_docs.error_help(cls)
+        assert meaning and causes and fixes, cls.__name__
+        assert all(item and "\n" not in item for item in causes + fixes), cls.__name__
     text = (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
-    for name in classes:
-        assert f"\n### {name}\n" in text
+    for cls in gen_docs.error_classes():
+        assert f"\n### {cls.__name__}\n" in text
 
 
 def test_error_help_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(gen_docs.ERROR_HELP, "DeviceError")
+    from lightsr.errors import DeviceError
+
+    monkeypatch.setattr(DeviceError, "__doc__", "The requested device is not available.")
     with pytest.raises(KeyError, match="DeviceError"):
         gen_docs.gen_errors(ROOT / "docs" / "troubleshooting.md")
+
+
+def test_error_help_reads_wrapped_bullets() -> None:
+    class Example(Exception):
+        """What it means,
+        on two lines.
+
+        Causes:
+            - one cause, wrapped
+              over two lines
+            - another
+
+        What to do:
+            - the fix
+        """
+
+    assert gen_docs.error_help(Example) == (
+        "What it means,\non two lines.",
+        ["one cause, wrapped over two lines", "another"],
+        ["the fix"],
+    )
 
 
 def test_every_model_has_an_architecture_sketch() -> None:
