@@ -6,7 +6,9 @@
   with the seconds taken. The issue's bar: every tiled mean within 0.01 dB of the whole-image mean.
 * ``--precision``: Set5, whole images, fp32 / bf16 / fp16 on the CPU, also where a model's traits mark
   a precision unsafe (``marked_safe`` in the row; ``precision="auto"`` never picks those). The bar: within
-  0.02 dB of fp32, which is what the traits are set from.
+  0.02 dB of fp32, which is what the traits are set from. With ``--backends onnxruntime openvino`` also
+  ONNX Runtime fp32 and OpenVINO fp32 / bf16 (rows with a ``backend`` key): ``backend="auto"`` may pick an
+  engine only where its row stays within the same 0.02 dB.
 
 Scores are :func:`lightsr.evaluate`'s (the papers' protocol: MATLAB bicubic LR, uint8 output, Y-PSNR with
 border = scale), so these tables and ``lightsr benchmark`` can never measure differently.
@@ -141,7 +143,24 @@ def run_tiling(
         _save(path, data)
 
 
-def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool, results: Path) -> None:
+# The engines of the precision table (issue 19): (backend, precision) measured with ``--backends``.
+ENGINE_PRECISIONS = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
+
+
+def run_precision(
+    shared: Path,
+    pairs: list[tuple[str, int]],
+    redo: bool,
+    results: Path,
+    backends: list[str] | None = None,
+) -> None:
+    """Set5 Y-PSNR per precision on torch, and with ``backends`` per engine (rows with a ``backend`` key).
+
+    Rows already in the file are kept (a run resumes) unless ``redo``; an engine that cannot run a model
+    (no dynamic-shape graph: SAFMN) or bf16 on a CPU without bf16 units is left out of the table.
+    """
+    from lightsr import _backends
+
     path = results / "precision.json"
     header = {
         "dataset": "Set5",
@@ -151,38 +170,63 @@ def run_precision(shared: Path, pairs: list[tuple[str, int]], redo: bool, result
     }
     data = _load(path, "precision", header)
     data.update(header)
+    wanted = [("torch", p) for p in ("fp32", "bf16", "fp16")]
+    wanted += [(b, p) for b, p in ENGINE_PRECISIONS if b in (backends or [])]
     for name, scale in pairs:
-        if not redo and any((r["model"], r["scale"]) == (name, scale) for r in data["rows"]):
-            continue
+
+        def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return (r["model"], r["scale"], r.get("backend", "torch"), r["precision"])
+
+        have = {row_key(r) for r in data["rows"]}
         traits = describe(name, scale).traits
         rows = []
-        for precision in ("fp32", "bf16", "fp16"):
+        for backend, precision in wanted:
+            if not redo and (name, scale, backend, precision) in have:
+                continue
+            if backend != "torch" and not _backends.installed(backend):
+                print(f"{backend} is not installed: its columns stay empty", file=sys.stderr)
+                continue
+            if backend == "openvino" and precision == "bf16" and not cpu_has_bf16_units():
+                continue
             # Measured even where the traits mark a precision unsafe: the table shows why they do.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 up = lightsr.load_model(
-                    name, scale, weights=_weights(shared, name, scale), device="cpu", precision=precision
+                    name,
+                    scale,
+                    weights=_weights(shared, name, scale),
+                    device="cpu",
+                    precision=precision,
+                    backend=backend,
                 )
+            if up.backend != backend:  # the engine could not take this network: it ran on torch
+                continue
             psnr, seconds = _score(up, shared / "benchmarks" / "Set5", None)
-            rows.append(
-                {
-                    "model": name,
-                    "scale": scale,
-                    "precision": precision,
-                    "psnr_y": psnr,
-                    "seconds": round(seconds, 2),
-                    "marked_safe": {"fp32": True, "bf16": traits.bf16_safe, "fp16": traits.fp16_safe}[
-                        precision
-                    ],
-                }
-            )
-        ref = rows[0]["psnr_y"]
+            row = {
+                "model": name,
+                "scale": scale,
+                "precision": precision,
+                "psnr_y": psnr,
+                "seconds": round(seconds, 2),
+                "marked_safe": {"fp32": True, "bf16": traits.bf16_safe, "fp16": traits.fp16_safe}[precision],
+            }
+            if backend != "torch":
+                row["backend"] = backend
+            rows.append(row)
+        if not rows:
+            continue
+        done = {row_key(r) for r in rows}
+        data["rows"] = [r for r in data["rows"] if row_key(r) not in done] + rows
+        ref = next((r["psnr_y"] for r in data["rows"] if row_key(r) == (name, scale, "torch", "fp32")), None)
         print(
-            f"{name} x{scale}: fp32 {ref:.4f} dB; "
-            + ", ".join(f"{r['precision']} {r['psnr_y'] - ref:+.4f}" for r in rows[1:]),
+            f"{name} x{scale}: fp32 {ref if ref is None else f'{ref:.4f}'} dB; "
+            + ", ".join(
+                f"{r.get('backend', 'torch')} {r['precision']} "
+                + ("?" if ref is None else f"{r['psnr_y'] - ref:+.4f}")
+                for r in rows
+            ),
             flush=True,
         )
-        data["rows"] = [r for r in data["rows"] if (r["model"], r["scale"]) != (name, scale)] + rows
         _save(path, data)
 
 
@@ -198,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared folder")
     parser.add_argument("--redo", action="store_true", help="measure again pairs already in the results")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
+    parser.add_argument(
+        "--backends",
+        nargs="*",
+        default=[],
+        choices=["onnxruntime", "openvino"],
+        help="--precision also on these engines (ONNX Runtime fp32, OpenVINO fp32 and bf16)",
+    )
     args = parser.parse_args(argv)
     if not (args.tiling or args.precision):
         parser.error("choose --tiling and/or --precision")
@@ -205,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     pairs = _pairs(args.models)
     if args.precision:
-        run_precision(args.shared, pairs, args.redo, args.results)
+        run_precision(args.shared, pairs, args.redo, args.results, args.backends)
     if args.tiling:
         run_tiling(args.shared, pairs, args.tiles, args.redo, args.results)
     return 0

@@ -328,17 +328,33 @@ def make_backend(
 
 
 # backend='auto' on a CPU: the engine measured fastest per (model, scale) and compute precision, among those
-# whose Set5 Y-PSNR stays within 0.02 dB of fp32 torch (docs/export.md has the measurements). Records not
-# listed, and engines that are not installed, run on torch. Measured on an AMD EPYC with AVX512-BF16 (no
-# AMX), 2 threads, LR 320x180 x4, benchmarks/speed.py --engines: OpenVINO bf16 ran 3.2-4.7x lightsr's torch
-# bf16 fast path (Set5 -0.005..-0.012 dB). Only the bf16 entries are used (precision='auto' on CPUs with
-# bf16 units). fp32 loads keep torch: OpenVINO fp32 measured 1.9-3.1x faster there too (Set5 unchanged),
-# but the reference tests and figures are torch fp32, and three records on one CPU are a thin basis for
-# moving every explicit fp32 load onto another engine.
+# whose Set5 Y-PSNR stays within 0.02 dB of fp32 torch (the precision table of docs/tiling-and-precision.md,
+# benchmarks/quality.py --precision --backends). Records not listed, and engines that are not installed, run
+# on torch. Measured on an AMD EPYC with AVX512-BF16 (no AMX), 2 threads, benchmarks/speed.py --engines
+# --upscaler (2026-12-03): OpenVINO bf16 ran 1.04-1.6x lightsr's torch bf16 fast path on every bf16-safe
+# record it can run (Set5 -0.003..-0.013 dB), so those records are all listed. Left out: FDIWN x4, whose
+# OpenVINO model compiles for about 10 s per new input size (Set5's 5 sizes: 50 s against torch's 1-2 s of
+# arithmetic per image), so a folder of photos of mixed sizes would be slower; SAFMN, which has no
+# dynamic-shape ONNX graph. Only the bf16 entries are used (precision='auto' on CPUs with bf16 units). fp32
+# loads keep torch: the reference tests and figures are torch fp32, and OpenVINO/ONNX Runtime fp32 measured
+# level with lightsr's fp32 fast path on most records (0.8-1.1x), not ahead.
 MEASURED_FASTEST: dict[tuple[str, int], dict[str, str]] = {
-    ("rfdn", 4): {"bf16": "openvino"},
-    ("imdn", 4): {"bf16": "openvino"},
-    ("bsrn", 4): {"bf16": "openvino"},
+    (name, scale): {"bf16": "openvino"}
+    for name, scale in (
+        ("rfdn", 4),
+        ("imdn", 3),
+        ("imdn", 4),
+        ("imdn-rte", 2),
+        ("imdn-ntire22", 4),
+        ("rlfn", 4),
+        ("rlfn-ntire", 4),
+        ("bsrn", 4),
+        ("carn-m", 2),
+        ("carn-m", 3),
+        ("carn-m", 4),
+        ("pan", 3),
+        ("pan", 4),
+    )
 }
 
 
