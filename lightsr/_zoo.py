@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -89,6 +89,30 @@ def find_record(name: str, scale: int, variant: str | None = None) -> dict[str, 
     raise UnknownModelError(f"{key}:{variant}", tuple(f"{key}:{r['variant']}" for r in candidates))
 
 
+# What a record's "precision" entry may set: measured per checkpoint, so kept in the manifest, not code.
+PRECISION_FLAGS = ("bf16_safe", "fp16_safe")
+
+
+def record_traits(family_traits: ArchTraits, record: dict[str, Any]) -> ArchTraits:
+    """The family's traits for the record's config, with the record's measured precision safety applied.
+
+    A record's ``precision`` entry (e.g. ``{"bf16_safe": false, "why": "Set5 -0.047 dB ..."}``) states what
+    was measured on that checkpoint; anything it does not state keeps the family's default.
+
+    Example:
+        >>> record_traits(ArchTraits(min_size=15), {"precision": {"bf16_safe": False, "why": "..."}})
+        ArchTraits(min_size=15, size_multiple=1, fp16_safe=True, bf16_safe=False, tile_align=1)
+    """
+    entry = record.get("precision") or {}
+    unknown = set(entry) - {*PRECISION_FLAGS, "why"}
+    if unknown or not all(isinstance(entry[k], bool) for k in PRECISION_FLAGS if k in entry):
+        raise ValueError(
+            f"manifest record {record.get('model')} x{record.get('scale')}: 'precision' takes booleans "
+            f"{', '.join(PRECISION_FLAGS)} and a 'why'; got {entry!r}"
+        )
+    return replace(family_traits, **{k: entry[k] for k in PRECISION_FLAGS if k in entry})
+
+
 @dataclass(frozen=True)
 class ModelDescriptor:
     """What lightsr knows about one (model, scale) network: enough to build, feed and describe it.
@@ -115,7 +139,7 @@ class ModelDescriptor:
             arch=record["arch"],
             arch_config=config,
             input_range=float(record["input_range"]),
-            traits=family.traits(config),
+            traits=record_traits(family.traits(config), record),
             record=record,
         )
 

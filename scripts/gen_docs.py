@@ -15,8 +15,8 @@ block                source
 ===================  ========================================================================================
 models-table         weights_manifest.json: params, Set5 Y-PSNR (paper, official code, lightsr), weights
                      license
-model-sections       weights_manifest.json + ``ARCHITECTURE`` below: paper, sketch, provenance, sha256,
-                     metrics
+model-sections       weights_manifest.json + the family module's ``SKETCHES``: paper, sketch, provenance,
+                     sha256, metrics
 model-traits         ``lightsr._zoo.describe(...).traits``: size limits and fp16/bf16 safety per model
 api-reference        ``lightsr.__all__`` (and ``lightsr.metrics``): signatures and docstrings
 cli-reference        ``lightsr.cli.build_parser()``: the ``--help`` text of every subcommand
@@ -85,89 +85,6 @@ PRECISION_SHAPE = """{
     {"model": "rfdn", "scale": 4, "precision": "bf16", "psnr_y": 32.1571, "seconds": 0.8}
   ]
 }"""
-
-# ------------------------------------------------------------------------------------------ hand-written data
-# One architecture sketch per model (read from ../shared/specs; shapes as in the official checkpoints).
-ARCHITECTURE: dict[str, str] = {
-    "rfdn": """\
-x ─ conv3x3 3→50 ─ RFDB ─ RFDB ─ RFDB ─ RFDB ─ concat(4×50) ─ conv1x1→50 ─ conv3x3 ─(+)─ conv3x3 50→48 ─ \
-PixelShuffle×4
-                 └──────────────────────────────── long skip ───────────────────────────┘
-RFDB: three steps of [conv1x1 keeps 25 channels (distilled) | conv3x3 + identity refines 50 (passed on)],
-      conv3x3 50→25, concat 100 → conv1x1 → ESA (enhanced spatial attention: strided conv, max-pool, sigmoid \
-mask)
-LeakyReLU 0.05; the checkpoint works in 0..255 (lightsr's wrapper scales from and to 0..1).""",
-    "imdn": """\
-x ─ conv3x3 3→64 ─ IMDB ×6 ─ concat(6×64) ─ conv1x1→64 ─ conv3x3 ─(+)─ conv3x3 64→3·s² ─ PixelShuffle×s
-                 └────────────────────── long skip ─────────────────┘
-IMDB: three conv3x3 steps, each splitting 64 channels into 16 kept (distilled) and 48 passed on; a last
-      conv3x3 48→16; concat 4×16 → contrast-aware channel attention (CCA) → conv1x1 → + input
-LeakyReLU 0.05; 0..1 input. Only the upsampler differs between x2, x3 and x4.""",
-    "imdn-rtc": """\
-x ─ conv3x3 3→12 ─ [speed-IMDB ×5 ─ conv1x1] + skip ─ conv3x3 12→12 ─ PixelShuffle×2
-speed-IMDB: the IMDB distillation pattern at width 12 (3 kept, 9 passed on per step), no channel attention.
-20 K parameters: the AI-in-RTC 2019 real-time entry. 0..1 input; x2 only.""",
-    "imdn-rte": """\
-x ─ conv3x3 stride 2, 3→20 ─ large-IMDB ×6 ─ conv3x3 ─(+)─ conv3x3 20→48 ─ PixelShuffle×4   (net x2: down 2, \
-up 4)
-large-IMDB: six ReLU conv steps keeping 5 channels each, concat → conv1x1 → + input.
-Works at half resolution, so it is fast; odd input sizes are padded by one pixel and cropped back.
-0..255 input (unlike the other IMDN checkpoints); x2 only.""",
-    "imdn-ntire22": """\
-x ─ conv3x3 3→64 ─ [IMD-block ×8 ─ conv3x3] + skip ─ conv3x3 64→48 ─ PixelShuffle×4
-IMD-block: the IMDB distillation pattern (16 kept, 48 passed on) without channel attention, conv1x1 fusion,
-+ input. The KAIR re-implementation used as the NTIRE 2022 efficient-SR baseline. 0..1 input; x4 only.""",
-    "fdiwn": """\
-x ─ mean-shift conv1x1 ─ conv3x3 3→24 ─ FDIWG groups Li1, Li1, Li2, Li3, Li2, Li3 (three groups, weights \
-shared,
-    each output added to a running sum) ─ conv ─ PixelShuffle×s ─(+)─ mean-shift conv1x1 ─ y
-                         └─ a second conv ─ PixelShuffle×s branch from the input ─┘
-FDIWG: feature-distillation interaction weighting blocks (weight-normalised wide residual blocks, coefficient
-       convs from mean and standard deviation, shuffle attention). 0..255 input; x2/x3/x4.""",
-    "rlfn": """\
-x ─ conv3x3 3→52 ─ RLFB ×6 ─ conv3x3 ─(+)─ conv3x3 52→3·s² ─ PixelShuffle×s
-                 └──── long skip ────┘
-RLFB: three conv3x3 + LeakyReLU 0.05 with a residual add, conv1x1, then a lightened ESA (no ReLUs, bilinear
-      mask). 0..255 input; x2/x4.""",
-    "rlfn-s": """\
-RLFN at 48 channels (RLFB ×6, same blocks and forward): 12 % fewer parameters at the same Set5 PSNR. 0..255 \
-input.""",
-    "rlfn-ntire": """\
-RLFN pruned for the NTIRE 2022 efficient-SR challenge (winner of its runtime track): four RLFBs, 46 feature \
-and
-48 inner channels; 317 K parameters. 0..255 input; x4 only. Also the NTIRE 2024 challenge baseline.""",
-    "bsrn": """\
-x ─ repeat RGB ×4 (12 ch) ─ BSConv 12→64 ─ ESDB ×8 ─ concat(8×64) ─ conv1x1 + GELU ─ BSConv ─(+)─ conv3x3 \
-64→3·s² ─ PixelShuffle×s
-                                       └────────────────────── long skip ─────────────────────┘
-BSConv (blueprint separable): pointwise conv1x1 then depthwise conv3x3.
-ESDB: RFDB-style distillation with BSConvs and GELU, then ESA and contrast-aware channel attention, + input.
-0..1 input; x2/x3/x4.""",
-    "carn-m": """\
-x ─ mean-shift ─ conv3x3 3→64 ─ cascading blocks ×3 (each: one efficient residual block applied three times,
-    group conv 4, with 1x1 fusions of all earlier outputs) ─ upsampler of the requested scale ─ conv3x3 64→3 \
-─ mean-shift
-One checkpoint serves x2, x3 and x4 (separate upsampler heads, group conv 4, ReLU). 0..1 input.""",
-    "pan": """\
-x ─ conv3x3 3→40 ─ [SCPA ×16 ─ conv3x3] + skip ─ (nearest ×2 ─ conv ─ pixel attention ─ conv) ×1 or ×2 ─ \
-conv3x3 24→3 ─(+)─ y
-x ─ bilinear ×s ───────────────────────────────────────────────────────────────────────────────────────┘
-SCPA: two 20-channel branches (conv3x3 | pixel-attention conv), concat → conv1x1 → + input. Pixel attention:
-x · sigmoid(conv1x1(x)). LeakyReLU 0.2; 0..1 input; x2/x3/x4.""",
-    "span-ntire24": """\
-x ─ (x − mean)·255 ─ conv3x3 3→28 ─ SPAB ×6 ─ conv3x3 ─ concat(first conv, last conv, block 1, block 6's \
-first activation)
-    ─ conv1x1 112→28 ─ conv3x3 28→48 ─ PixelShuffle×4
-SPAB: three re-parameterised conv3x3 with SiLU; parameter-free attention (sigmoid(o) − 0.5) · (o + input).
-The NTIRE 2024 efficient-SR winner's 28-channel entry (not the paper's 48-channel SPAN). 0..1 input; x4 \
-only.""",
-    "safmn-ntire23": """\
-x ─ conv3x3 3→36 ─ GRN ─ AttBlock ×8 ─ conv3x3 36→48 ─ PixelShuffle×4 ─(+)─ y
-x ─ bilinear ×4 ──────────────────────────────────────────────────────┘
-AttBlock: spatially-adaptive feature modulation (four channel chunks, three of them max-pooled to 1/4, 1/8,
-1/16 size, depthwise conv3x3, resized back, conv1x1, GELU gate) + convolutional channel mixer, each residual.
-The NTIRE 2023 efficient-SR entry (36 channels); needs inputs of at least 16 pixels. 0..1 input; x4 only.""",
-}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -262,6 +179,16 @@ def _provenance(rec: dict[str, Any]) -> str:
     return f"[{label}]({up['url']})" if up.get("url") else label
 
 
+def architecture_sketch(model: str, arch: str) -> str:
+    """The sketch of ``model`` in its family module's ``SKETCHES`` (lightsr/archs/<arch>.py)."""
+    from lightsr.archs import get_family
+
+    sketch = get_family(arch).SKETCHES.get(model)
+    if sketch is None:
+        raise KeyError(f"lightsr/archs/{arch}.py: SKETCHES has no sketch for model {model!r}; add one")
+    return sketch
+
+
 def gen_model_sections(page: Path) -> str:
     manifest = load_manifest()
     out: list[str] = []
@@ -300,9 +227,7 @@ def gen_model_sections(page: Path) -> str:
             )
         example_scale = 4 if any(r["scale"] == 4 for r in recs) else recs[0]["scale"]
         out.append(f'- Load: `lightsr.load_model("{name}", scale={example_scale})`\n')
-        sketch = ARCHITECTURE.get(name)
-        if sketch is None:
-            raise KeyError(f"scripts/gen_docs.py: ARCHITECTURE has no sketch for model {name!r}; add one")
+        sketch = architecture_sketch(name, info["arch"])
         out.append("Architecture:\n\n```text\n" + sketch.rstrip() + "\n```\n")
 
         prov = []
@@ -812,13 +737,25 @@ def gen_tiling_table(page: Path) -> str:
     return "\n".join(out)
 
 
+ENGINE_LABELS = {"onnxruntime": "ORT", "openvino": "OV"}
+
+
 def gen_precision_table(page: Path) -> str:
     data = _load_result("precision.json", "precision")
     if data is None:
         return _pending("the precision tables", PRECISION_SHAPE, "precision.json")
-    rows = data["rows"]
+    # Rows with a "backend" key are an engine's (benchmarks/quality.py --backends); the others are torch's.
+    engine_rows = [r for r in data["rows"] if r.get("backend", "torch") != "torch"]
+    rows = [r for r in data["rows"] if r.get("backend", "torch") == "torch"]
     precs = [p for p in ("fp32", "bf16", "fp16") if any(r["precision"] == p for r in rows)]
     by = {(_key(r), r["precision"]): r for r in rows}
+    engines = [
+        (b, p)
+        for b, label in ENGINE_LABELS.items()
+        for p in ("fp32", "bf16")
+        if any((r["backend"], r["precision"]) == (b, p) for r in engine_rows)
+    ]
+    by_engine = {(_key(r), r["backend"], r["precision"]): r for r in engine_rows}
     out = [_setup_line(data)]
     body = []
     for k in _ordered_models(rows):
@@ -827,9 +764,27 @@ def gen_precision_table(page: Path) -> str:
         for p in precs[1:]:
             r = by.get((k, p))
             cells.append("–" if r is None or ref is None else f"{r['psnr_y'] - ref['psnr_y']:+.4f}")
+        for b, p in engines:
+            r = by_engine.get((k, b, p))
+            cells.append("–" if r is None or ref is None else f"{r['psnr_y'] - ref['psnr_y']:+.4f}")
         body.append(cells)
-    out.append("Mean Y-PSNR in fp32 (whole images), and the change (dB) in each reduced precision:\n")
-    out.append(_table(["model", "scale", "fp32 (dB)", *[f"{p} Δ" for p in precs[1:]]], body))
+    out.append(
+        "Mean Y-PSNR in fp32 (whole images), and the change (dB) in each reduced precision"
+        + (" and on each inference engine (– : the engine cannot run the network)" if engines else "")
+        + ":\n"
+    )
+    out.append(
+        _table(
+            [
+                "model",
+                "scale",
+                "fp32 (dB)",
+                *[f"{p} Δ" for p in precs[1:]],
+                *[f"{ENGINE_LABELS[b]} {p} Δ" for b, p in engines],
+            ],
+            body,
+        )
+    )
     if all(isinstance(r.get("seconds"), (int, float)) for r in rows):
         body = []
         for k in _ordered_models(rows):

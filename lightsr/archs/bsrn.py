@@ -31,10 +31,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError
 
-__all__ = ["BSRN", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "BSRN",
+    "CONVERSION_SHRINKS",
+    "SKETCHES",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "bsrn": """\
+x ─ repeat RGB ×4 (12 ch) ─ BSConv 12→64 ─ ESDB ×8 ─ concat(8×64) ─ conv1x1 + GELU ─ BSConv ─(+)─ conv3x3 \
+64→3·s² ─ PixelShuffle×s
+                                       └────────────────────── long skip ─────────────────────┘
+BSConv (blueprint separable): pointwise conv1x1 then depthwise conv3x3.
+ESDB: RFDB-style distillation with BSConvs and GELU, then ESA and contrast-aware channel attention, + input.
+0..1 input; x2/x3/x4.""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 # ESA: conv2 (3x3, stride 2, no padding) gives (n - 3) // 2 + 1 >= 7 for the 7x7 max-pool -> n >= 15.
 MIN_SIZE = 15
@@ -212,27 +233,17 @@ def build(config: dict[str, Any]) -> BSRN:
 
 
 def traits(config: dict[str, Any]) -> ArchTraits:
-    """At least 15 x 15 LR pixels (the ESA pooling), any size above; fp16 is not safe for the x2 weights.
+    """At least 15 x 15 LR pixels (the ESA pooling), any size above.
 
-    Measured on the official checkpoints: the x2 network's ESA activations reach ~4e5 on pixel noise
-    (uniform or binary) and ~2.3e4 on a Set5 image with Gaussian noise of sigma 60/255, past or near
-    fp16's 65504, and fp16 then gives NaN; x3/x4 stay below ~1.3e3 on the same inputs. bf16 has fp32's
-    range: finite everywhere, Set5 Y-PSNR 0.01-0.09 dB under fp32.
+    Precision safety is measured per checkpoint and kept in its manifest record (``precision``): the x2
+    weights are unsafe in fp16 (their ESA activations pass fp16's range on noisy inputs), x2 and x3 in bf16.
 
     Example:
-        >>> traits({"scale": 2}).min_size, traits({"scale": 2}).fp16_safe, traits({"scale": 4}).fp16_safe
-        (15, False, True)
+        >>> traits({"scale": 2}).min_size, traits({"scale": 2}).tile_align
+        (15, 6)
     """
-    c = _config(config)
-    # Set5 bf16 Y-PSNR vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.083,
-    # x3 -0.039, x4 -0.012.
-    return ArchTraits(
-        min_size=MIN_SIZE,
-        size_multiple=1,
-        fp16_safe=c["scale"] != 2,
-        bf16_safe=c["scale"] == 4,
-        tile_align=ESA_STRIDE,
-    )
+    _config(config)
+    return ArchTraits(min_size=MIN_SIZE, size_multiple=1, tile_align=ESA_STRIDE)
 
 
 def convert_state_dict(
@@ -283,12 +294,4 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
     config: dict[str, Any] = {"scale": scale, "num_feat": num_feat, "num_blocks": num_blocks}
     if channels != 3:
         config.update(in_channels=channels, out_channels=channels)
-    return config if _fits(build(config), state_dict) else None
-
-
-def _fits(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
-    """Exactly the same keys with the same shapes as ``net``'s state dict."""
-    ours = net.state_dict()
-    return ours.keys() == state_dict.keys() and all(
-        tuple(v.shape) == tuple(state_dict[k].shape) for k, v in ours.items()
-    )
+    return exact_fit(build, config, state_dict)

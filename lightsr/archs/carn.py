@@ -29,10 +29,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
-__all__ = ["CARNM", "SCALES", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "CARNM",
+    "CONVERSION_SHRINKS",
+    "SCALES",
+    "SKETCHES",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "carn-m": """\
+x ─ mean-shift ─ conv3x3 3→64 ─ cascading blocks ×3 (each: one efficient residual block applied three times,
+    group conv 4, with 1x1 fusions of all earlier outputs) ─ upsampler of the requested scale ─ conv3x3 64→3 \
+─ mean-shift
+One checkpoint serves x2, x3 and x4 (separate upsampler heads, group conv 4, ReLU). 0..1 input.""",
+}
+# Why convert_state_dict keeps fewer parameters than the upstream file holds (None: it keeps all).
+CONVERSION_SHRINKS: str | None = (
+    "one checkpoint holds the x2, x3 and x4 heads; each converted file keeps only its own"
+)
 
 SCALES = (2, 3, 4)
 # DIV2K RGB mean in 0..1, what upstream's MeanShift layers hold (also stored in the checkpoint).
@@ -262,9 +284,5 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
 
 
 def _fits(state_dict: dict[str, torch.Tensor], config: dict[str, Any]) -> bool:
-    converted = convert_state_dict(state_dict, config)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = build(config).state_dict()
-    return expected.keys() == converted.keys() and all(
-        tuple(expected[k].shape) == tuple(converted[k].shape) for k in expected
-    )
+    """The head for ``config``'s scale, converted, fits the network exactly."""
+    return exact_fit(build, config, convert_state_dict(state_dict, config)) is not None

@@ -52,14 +52,31 @@ from lightsr.archs._common import ArchTraits
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
 __all__ = [
+    "CONVERSION_SHRINKS",
     "FDIWN",
     "OFFICIAL_CONFIGS",
+    "SKETCHES",
     "build",
     "convert_state_dict",
     "fold_weight_norm",
     "match_state_dict",
     "traits",
 ]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "fdiwn": """\
+x ─ mean-shift conv1x1 ─ conv3x3 3→24 ─ FDIWG groups Li1, Li1, Li2, Li3, Li2, Li3 (three groups, weights \
+shared,
+    each output added to a running sum) ─ conv ─ PixelShuffle×s ─(+)─ mean-shift conv1x1 ─ y
+                         └─ a second conv ─ PixelShuffle×s branch from the input ─┘
+FDIWG: feature-distillation interaction weighting blocks (weight-normalised wide residual blocks, coefficient
+       convs from mean and standard deviation, shuffle attention). 0..255 input; x2/x3/x4.""",
+}
+# Why convert_state_dict keeps fewer parameters than the upstream file holds (None: it keeps all).
+CONVERSION_SHRINKS: str | None = (
+    "weight-norm folded: each weight_g (one number per output channel) disappears into the weight"
+)
 
 # The hyper-parameters of the three released checkpoints (specs/FDIWN.md, "Scale-dependent hyper-parameters").
 OFFICIAL_CONFIGS: dict[int, dict[str, Any]] = {
@@ -440,10 +457,9 @@ def traits(config: dict[str, Any]) -> ArchTraits:
         >>> traits({"scale": 2}).size_multiple
         1
     """
-    c = _resolve_config(config)
-    # Set5 bf16 Y-PSNR vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.061,
-    # x3 -0.021, x4 -0.010. fp16: within 0.001.
-    return ArchTraits(min_size=1, size_multiple=1, bf16_safe=c["scale"] == 4)
+    _resolve_config(config)
+    # Precision safety is measured per checkpoint and kept in its manifest record (``precision``).
+    return ArchTraits(min_size=1, size_multiple=1)
 
 
 def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:

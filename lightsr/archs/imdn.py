@@ -31,12 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit, positive_ints
+from lightsr.errors import CheckpointError
 
 __all__ = [
     "CCA",
+    "CONVERSION_SHRINKS",
     "IMDN",
     "IMDNRTE",
+    "SKETCHES",
     "VARIANTS",
     "IMDModule",
     "IMDModuleLarge",
@@ -47,6 +50,32 @@ __all__ = [
     "match_state_dict",
     "traits",
 ]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "imdn": """\
+x ─ conv3x3 3→64 ─ IMDB ×6 ─ concat(6×64) ─ conv1x1→64 ─ conv3x3 ─(+)─ conv3x3 64→3·s² ─ PixelShuffle×s
+                 └────────────────────── long skip ─────────────────┘
+IMDB: three conv3x3 steps, each splitting 64 channels into 16 kept (distilled) and 48 passed on; a last
+      conv3x3 48→16; concat 4×16 → contrast-aware channel attention (CCA) → conv1x1 → + input
+LeakyReLU 0.05; 0..1 input. Only the upsampler differs between x2, x3 and x4.""",
+    "imdn-rtc": """\
+x ─ conv3x3 3→12 ─ [speed-IMDB ×5 ─ conv1x1] + skip ─ conv3x3 12→12 ─ PixelShuffle×2
+speed-IMDB: the IMDB distillation pattern at width 12 (3 kept, 9 passed on per step), no channel attention.
+20 K parameters: the AI-in-RTC 2019 real-time entry. 0..1 input; x2 only.""",
+    "imdn-rte": """\
+x ─ conv3x3 stride 2, 3→20 ─ large-IMDB ×6 ─ conv3x3 ─(+)─ conv3x3 20→48 ─ PixelShuffle×4   (net x2: down 2, \
+up 4)
+large-IMDB: six ReLU conv steps keeping 5 channels each, concat → conv1x1 → + input.
+Works at half resolution, so it is fast; odd input sizes are padded by one pixel and cropped back.
+0..255 input (unlike the other IMDN checkpoints); x2 only.""",
+    "imdn-ntire22": """\
+x ─ conv3x3 3→64 ─ [IMD-block ×8 ─ conv3x3] + skip ─ conv3x3 64→48 ─ PixelShuffle×4
+IMD-block: the IMDB distillation pattern (16 kept, 48 passed on) without channel attention, conv1x1 fusion,
++ input. The KAIR re-implementation used as the NTIRE 2022 efficient-SR baseline. 0..1 input; x4 only.""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 VARIANTS = ("imdn", "rtc", "rte", "ntire22")
 _SLOPE = 0.05
@@ -241,21 +270,21 @@ class IMDNSequential(nn.Module):
         return self.model(x)
 
 
+_EXAMPLE = {"num_feat": 64, "num_blocks": 6, "upscale": 4}
+
+
 def _config(config: dict[str, Any]) -> tuple[str, int, int, int]:
     variant = config.get("variant", "imdn")
     if variant not in VARIANTS:
-        raise ValueError(f"imdn arch_config variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
-    try:
-        n, nb, s = int(config["num_feat"]), int(config["num_blocks"]), int(config["upscale"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"imdn arch_config needs integer 'num_feat', 'num_blocks' and 'upscale'; got {config!r}"
-        ) from exc
+        raise CheckpointError(
+            f"imdn arch_config variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}"
+        )
+    n, nb, s = positive_ints("imdn", config, ("num_feat", "num_blocks", "upscale"), _EXAMPLE)
     min_feat = 16 if variant == "imdn" else 4  # CCA's reduction of 16 needs at least 16 channels
-    if n < min_feat or n % 4 or nb < 1 or s < 1:
-        raise ValueError(
-            f"imdn arch_config out of range (num_feat a multiple of 4 and >= {min_feat}, num_blocks >= 1, "
-            f"upscale >= 1): {config!r}"
+    if n < min_feat or n % 4:
+        raise CheckpointError(
+            f"imdn arch_config out of range (num_feat a multiple of 4 and >= {min_feat}): {config!r}; "
+            f"e.g. {_EXAMPLE!r}"
         )
     return variant, n, nb, s
 
@@ -273,10 +302,8 @@ def build(config: dict[str, Any]) -> nn.Module:
 def traits(config: dict[str, Any]) -> ArchTraits:
     """IMDN-RTE halves the input with a stride-2 conv, so it needs even sides; the others take any size."""
     variant = config.get("variant", "imdn")
-    # Set5 bf16 Y-PSNR vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.030 (imdn),
-    # -0.024 (rtc); every other variant and scale within 0.01. fp16: within 0.003 everywhere.
-    bf16_safe = not (config.get("upscale") == 2 and variant in ("imdn", "rtc"))
-    return ArchTraits(min_size=1, size_multiple=2 if variant == "rte" else 1, bf16_safe=bf16_safe)
+    # Precision safety is measured per checkpoint and kept in its manifest record (``precision``).
+    return ArchTraits(min_size=1, size_multiple=2 if variant == "rte" else 1)
 
 
 def convert_state_dict(
@@ -327,12 +354,6 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
     """
     try:
         config = _guess(state_dict)
-        if config is None:
-            return None
-        with torch.device("meta"):
-            net = build(config)
     except (KeyError, AttributeError, IndexError, TypeError, ValueError):
         return None
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in state_dict.items()}
-    return config if expected == actual else None
+    return None if config is None else exact_fit(build, config, state_dict)

@@ -25,10 +25,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
-__all__ = ["PAN", "SCALES", "SCPA", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "CONVERSION_SHRINKS",
+    "PAN",
+    "SCALES",
+    "SCPA",
+    "SKETCHES",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "pan": """\
+x ─ conv3x3 3→40 ─ [SCPA ×16 ─ conv3x3] + skip ─ (nearest ×2 ─ conv ─ pixel attention ─ conv) ×1 or ×2 ─ \
+conv3x3 24→3 ─(+)─ y
+x ─ bilinear ×s ───────────────────────────────────────────────────────────────────────────────────────┘
+SCPA: two 20-channel branches (conv3x3 | pixel-attention conv), concat → conv1x1 → + input. Pixel attention:
+x · sigmoid(conv1x1(x)). LeakyReLU 0.2; 0..1 input; x2/x3/x4.""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 SCALES = (2, 3, 4)
 _SLOPE = 0.2  # LeakyReLU slope used throughout PAN
@@ -160,11 +182,8 @@ def traits(config: dict[str, Any]) -> ArchTraits:
         >>> traits({"scale": 4}).size_multiple
         1
     """
-    # Measured on Set5 (CPU, whole network cast): activations stay below 80; Y-PSNR vs fp32: fp16 within
-    # 0.003 dB, bf16 -0.022 dB at worst.
-    # Set5 bf16 vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): x2 -0.022,
-    # x3/x4 within 0.008.
-    return ArchTraits(min_size=1, size_multiple=1, fp16_safe=True, bf16_safe=config.get("scale") != 2)
+    # Precision safety is measured per checkpoint and kept in its manifest record (``precision``).
+    return ArchTraits(min_size=1, size_multiple=1)
 
 
 def convert_state_dict(
@@ -217,10 +236,4 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
     }
     if config["features"] % 2:
         return None
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = build(config).state_dict()
-    if expected.keys() != state_dict.keys():
-        return None
-    if any(tuple(expected[k].shape) != tuple(state_dict[k].shape) for k in expected):
-        return None
-    return config
+    return exact_fit(build, config, state_dict)

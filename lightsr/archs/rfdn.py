@@ -24,9 +24,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit, positive_ints
+from lightsr.errors import CheckpointError
 
-__all__ = ["ESA", "RFDB", "RFDN", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "CONVERSION_SHRINKS",
+    "ESA",
+    "RFDB",
+    "RFDN",
+    "SKETCHES",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "rfdn": """\
+x ─ conv3x3 3→50 ─ RFDB ─ RFDB ─ RFDB ─ RFDB ─ concat(4×50) ─ conv1x1→50 ─ conv3x3 ─(+)─ conv3x3 50→48 ─ \
+PixelShuffle×4
+                 └──────────────────────────────── long skip ───────────────────────────┘
+RFDB: three steps of [conv1x1 keeps 25 channels (distilled) | conv3x3 + identity refines 50 (passed on)],
+      conv3x3 50→25, concat 100 → conv1x1 → ESA (enhanced spatial attention: strided conv, max-pool, sigmoid \
+mask)
+LeakyReLU 0.05; the checkpoint works in 0..255 (lightsr's wrapper scales from and to 0..1).""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 _SLOPE = 0.05
 # ESA's stride-2 unpadded 3x3 conv then 7x7/stride-3 max-pool need at least 15 px per side (15 -> 7 -> 1).
@@ -120,15 +145,13 @@ class RFDN(nn.Module):
         return self.upsampler(lr)
 
 
+_EXAMPLE = {"num_feat": 50, "num_blocks": 4, "upscale": 4}
+
+
 def _config(config: dict[str, Any]) -> tuple[int, int, int]:
-    try:
-        n, nb, s = int(config["num_feat"]), int(config["num_blocks"]), int(config["upscale"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"rfdn arch_config needs integer 'num_feat', 'num_blocks' and 'upscale'; got {config!r}"
-        ) from exc
-    if n < 4 or n % 2 or nb < 1 or s < 1:
-        raise ValueError(
+    n, nb, s = positive_ints("rfdn", config, ("num_feat", "num_blocks", "upscale"), _EXAMPLE)
+    if n < 4 or n % 2:
+        raise CheckpointError(
             f"rfdn arch_config out of range (even num_feat >= 4, num_blocks >= 1, upscale >= 1): {config!r}"
         )
     return n, nb, s
@@ -152,10 +175,6 @@ def convert_state_dict(
     return dict(state_dict)
 
 
-def _shapes(sd: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in sd.items()}
-
-
 def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | None:
     """The arch_config of an upstream RFDN state dict, or None if it is not exactly one.
 
@@ -173,11 +192,4 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
     s = math.isqrt(max(up, 0) // 3)
     if 3 * s * s != up:
         return None
-    config = {"num_feat": n, "num_blocks": nb, "upscale": s}
-    try:
-        with torch.device("meta"):
-            expected = _shapes(build(config).state_dict())
-        actual = _shapes(state_dict)
-    except (ValueError, AttributeError, TypeError):  # degenerate sizes, or values that are not tensors
-        return None
-    return config if expected == actual else None
+    return exact_fit(build, {"num_feat": n, "num_blocks": nb, "upscale": s}, state_dict)

@@ -34,10 +34,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError
 
-__all__ = ["ESA", "RLFB", "RLFN", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "CONVERSION_SHRINKS",
+    "ESA",
+    "RLFB",
+    "RLFN",
+    "SKETCHES",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "rlfn": """\
+x ─ conv3x3 3→52 ─ RLFB ×6 ─ conv3x3 ─(+)─ conv3x3 52→3·s² ─ PixelShuffle×s
+                 └──── long skip ────┘
+RLFB: three conv3x3 + LeakyReLU 0.05 with a residual add, conv1x1, then a lightened ESA (no ReLUs, bilinear
+      mask). 0..255 input; x2/x4.""",
+    "rlfn-s": """\
+RLFN at 48 channels (RLFB ×6, same blocks and forward): 12 % fewer parameters at the same Set5 PSNR. 0..255 \
+input.""",
+    "rlfn-ntire": """\
+RLFN pruned for the NTIRE 2022 efficient-SR challenge (winner of its runtime track): four RLFBs, 46 feature \
+and
+48 inner channels; 317 K parameters. 0..255 input; x4 only. Also the NTIRE 2024 challenge baseline.""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 # ESA's unpadded stride-2 3x3 conv followed by a 7x7/3 max-pool needs at least 15 input pixels per side:
 # (15 - 3) // 2 + 1 = 7 = the pool window.
@@ -173,19 +201,9 @@ def traits(config: dict[str, Any]) -> ArchTraits:
         >>> traits({"scale": 4, "features": 52, "mid_channels": 52, "blocks": 6}).min_size
         15
     """
-    # Measured on Set5 (CPU, whole network cast): the largest activation of any layer is 4,007 (rlfn-ntire;
-    # 0..255 inputs), 16x below fp16's 65,504; Y-PSNR vs fp32: fp16 -0.009 dB at worst, bf16 -0.020 dB.
-    # Set5 bf16 Y-PSNR vs fp32 through the engine's inference rewrite (benchmarks/results/precision.json;
-    # the limit is 0.02 dB): x2 -0.029 (rlfn), -0.047 (rlfn-s); x4 -0.005 (rlfn), -0.011 (rlfn-ntire),
-    # -0.019 (rlfn-s, 48 features x 6 blocks: too close to the limit to trust on other CPUs).
-    small = int(config.get("features", 52)) == 48 and int(config.get("blocks", 6)) == 6
-    return ArchTraits(
-        min_size=MIN_SIZE,
-        size_multiple=1,
-        fp16_safe=True,
-        bf16_safe=config.get("scale") != 2 and not small,
-        tile_align=ESA_STRIDE,
-    )
+    # Precision safety is measured per checkpoint and kept in its manifest record (``precision``). The
+    # largest activation of any layer on Set5 is 4,007 (rlfn-ntire; 0..255 inputs), 16x below fp16's 65,504.
+    return ArchTraits(min_size=MIN_SIZE, size_multiple=1, tile_align=ESA_STRIDE)
 
 
 def convert_state_dict(
@@ -241,10 +259,4 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
         "in_channels": in_channels,
     }
     # The key pattern is shared with other RFDN-style networks: accept only an exact fit.
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = build(config).state_dict()
-    if expected.keys() != state_dict.keys():
-        return None
-    if any(tuple(expected[k].shape) != tuple(state_dict[k].shape) for k in expected):
-        return None
-    return config
+    return exact_fit(build, config, state_dict)

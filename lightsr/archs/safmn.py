@@ -30,10 +30,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError
 
-__all__ = ["SAFMN", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "CONVERSION_SHRINKS",
+    "SAFMN",
+    "SKETCHES",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "safmn-ntire23": """\
+x ─ conv3x3 3→36 ─ GRN ─ AttBlock ×8 ─ conv3x3 36→48 ─ PixelShuffle×4 ─(+)─ y
+x ─ bilinear ×4 ──────────────────────────────────────────────────────┘
+AttBlock: spatially-adaptive feature modulation (four channel chunks, three of them max-pooled to 1/4, 1/8,
+1/16 size, depthwise conv3x3, resized back, conv1x1, GELU gate) + convolutional channel mixer, each residual.
+The NTIRE 2023 efficient-SR entry (36 channels); needs inputs of at least 16 pixels. 0..1 input; x4 only.""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 N_LEVELS = 4
 # The coarsest SAFM level pools to floor(H / 16), which must be at least 1.
@@ -217,12 +237,4 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
         "num_blocks": num_blocks,
         "ffn_scale": int(hidden.shape[0]) / dim,
     }
-    return config if _fits(build(config), state_dict) else None
-
-
-def _fits(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
-    """Exactly the same keys with the same shapes as ``net``'s state dict."""
-    ours = net.state_dict()
-    return ours.keys() == state_dict.keys() and all(
-        tuple(v.shape) == tuple(state_dict[k].shape) for k, v in ours.items()
-    )
+    return exact_fit(build, config, state_dict)

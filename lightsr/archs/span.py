@@ -32,10 +32,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError
 
-__all__ = ["SPAN", "build", "convert_state_dict", "match_state_dict", "traits"]
+__all__ = [
+    "CONVERSION_SHRINKS",
+    "SKETCHES",
+    "SPAN",
+    "build",
+    "convert_state_dict",
+    "match_state_dict",
+    "traits",
+]
+
+# Architecture sketches for the docs (docs/models.md), one per model of this family; from its spec.
+SKETCHES: dict[str, str] = {
+    "span-ntire24": """\
+x ─ (x − mean)·255 ─ conv3x3 3→28 ─ SPAB ×6 ─ conv3x3 ─ concat(first conv, last conv, block 1, block 6's \
+first activation)
+    ─ conv1x1 112→28 ─ conv3x3 28→48 ─ PixelShuffle×4
+SPAB: three re-parameterised conv3x3 with SiLU; parameter-free attention (sigmoid(o) − 0.5) · (o + input).
+The NTIRE 2024 efficient-SR winner's 28-channel entry (not the paper's 48-channel SPAN). 0..1 input; x4 \
+only.""",
+}
+# convert_state_dict keeps every upstream parameter (tests/test_manifest.py checks the count).
+CONVERSION_SHRINKS: str | None = None
 
 # DIV2K RGB mean used by the challenge model: a constant of the code, not stored in the checkpoint.
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -125,18 +146,17 @@ def build(config: dict[str, Any]) -> SPAN:
 
 
 def traits(config: dict[str, Any]) -> ArchTraits:
-    """Any input size (convolutions only); fp16 is safe, bf16 is not (Set5 Y-PSNR -0.034 dB, over 0.02).
+    """Any input size (convolutions only).
 
-    Measured on the official checkpoint: activations stay below ~600 even on binary pixel noise (fp16
-    overflows at 65504); Set5 x4 Y-PSNR drops 0.02 dB in fp16 and 0.03 dB in bf16.
+    Precision safety is measured per checkpoint and kept in its manifest record (``precision``).
+    Activations stay below ~600 even on binary pixel noise (fp16 overflows at 65504).
 
     Example:
         >>> traits({"scale": 4}).min_size
         1
     """
     _config(config)
-    # Set5 bf16 Y-PSNR vs fp32 (benchmarks/results/precision.json; the limit is 0.02 dB): -0.034.
-    return ArchTraits(min_size=1, size_multiple=1, fp16_safe=True, bf16_safe=False)
+    return ArchTraits(min_size=1, size_multiple=1)
 
 
 def convert_state_dict(
@@ -179,12 +199,4 @@ def match_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any] | No
     if num_blocks == 0 or scale < 1 or scale * scale * 3 != int(up.shape[0]):
         return None
     config: dict[str, Any] = {"scale": scale, "num_feat": num_feat, "num_blocks": num_blocks}
-    return config if _fits(build(config), sd) else None
-
-
-def _fits(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> bool:
-    """Exactly the same keys with the same shapes as ``net``'s state dict."""
-    ours = net.state_dict()
-    return ours.keys() == state_dict.keys() and all(
-        tuple(v.shape) == tuple(state_dict[k].shape) for k, v in ours.items()
-    )
+    return exact_fit(build, config, sd)
