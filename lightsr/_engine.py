@@ -8,7 +8,6 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,26 @@ from torch import nn
 
 from lightsr import _backends, _hub, _image
 from lightsr._fastpath import FastModule, optimize_for_inference
+
+# The tiling limits and _is_oom stay importable from here (the CLI and tests read them).
+from lightsr._planner import (  # noqa: F401
+    DEFAULT_TILE_PAD,
+    MAX_AUTO_TILE_BATCH,
+    MIN_TILE,
+    CallOptions,
+    plan_run,
+    progress_units,
+)
+from lightsr._planner import Plan as _Plan
+from lightsr._runner import Progress as _Progress
+from lightsr._runner import is_oom as _is_oom  # noqa: F401
+from lightsr._runner import run_retrying
 from lightsr._tiling import (
     TileRegion,
     TileStatistics,
-    auto_tile_size,
     count_image_reductions,
     padded_length,
     resize_sources,
-    tile_count,
     tiled_apply,
 )
 from lightsr._weights import identify_checkpoint, load_into, load_weights_file
@@ -36,30 +47,35 @@ logger = logging.getLogger("lightsr")
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# Default LR context around each tile. With it (and a cross-fade of half of it), tiled output of
-# every zoo model stays within 0.01 dB Y-PSNR of whole-image output on Set14, also at tile_size=64
-# (measured table: docs and tests/test_engine.py).
-DEFAULT_TILE_PAD = 24
-# Smallest tile the OOM fallback goes down to, and smallest tile a caller may ask for.
-MIN_TILE = 16
 # Statistics passes before the final one when a network with whole-map reductions is tiled: two
 # bring tiled output within a few grey levels of whole-image output (IMDN x3, barbara, tile 64: max
 # difference 58 grey levels without statistics, 10 after one pass, 1 after two).
 GATHER_PASSES = 2
-# Activation memory one run may use on a CPU (per call: concurrent calls each take this much).
+# Activation memory one network call may use on a CPU (per call: concurrent calls each take this
+# much); tiles and batches are sized to it. One image may run whole above it, up to this share of the
+# memory available now (_whole_image_budget): a fixed 1 GiB made 'auto' tile images that fit easily
+# (bsrn x2 fp32 at 512x512 LR needs ~1.6 GB: tiled with 3 statistics passes, 2.6x slower than whole;
+# issue 19); the share leaves room for the result, the input and other programs.
 CPU_BUDGET_BYTES = 1 << 30
+CPU_AVAILABLE_FRACTION = 0.25
+# Only networks whose tiles need whole-image statistics (three passes per tile) run whole above the tile
+# budget, and never above this: it keeps every CPU run of a 1500 x 1500 x4 image in tiles of the fixed
+# budget (issue 19's CLI peak below 1.2 GB), since such an image needs more than this in every zoo network.
+CPU_WHOLE_IMAGE_MAX_BYTES = 4 << 30
 # LR pixels per network call on a CPU in bf16/fp16 when tiles cost nothing extra (no whole-image
 # statistics to gather): below the memory budget, because larger half-precision calls are slower
 # there (with glibc's allocator, large feature maps come back as fresh pages, page-faulted on every
 # layer). Measured on 2 Sapphire Rapids cores, 1024x1024 LR, rfdn x4 (benchmarks/speed.py and
 # docs/performance.md): bf16 whole 4.4 s, tiles of the 1 GiB budget 3.9 s, at this cap 3.4 s; in
 # fp32 the cap costs 7% (8.2 -> 8.8 s), so fp32 keeps the budget. It also keeps the CLI's 1500x1500
-# x4 peak at 1.1 GB instead of 1.4.
+# x4 peak at 1.1 GB instead of 1.4 (1.54 GB measured without it for rfdn's tiles). Networks with
+# whole-image statistics keep the budget (smaller tiles cost them more statistics padding). Networks whose
+# tiles need resize-grid replay (ESA: rfdn, rlfn, bsrn) run in eager torch off the engine backend when
+# tiled, so an image that fits the budget runs whole instead of in capped tiles (rfdn x4 bf16 at 512x512
+# LR: whole 1.8-2.5 s, capped tiles 4.6-10.4 s; issue 19); their tiles keep the cap.
 CPU_HALF_CALL_PIXELS = 320 * 320
 # Share of the device's free memory one run may use on CUDA / MPS.
 GPU_BUDGET_FRACTION = 0.5
-# Tiles batched into one network call when the caller does not say.
-MAX_AUTO_TILE_BATCH = 8
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -177,18 +193,6 @@ def _model_dtype(precision: str, device: torch.device, desc: ModelDescriptor) ->
     return dtype
 
 
-# How allocation failures read where torch raises a plain RuntimeError: MPS and some CUDA paths (cuDNN
-# workspace) say "out of memory"; the CPU allocator says "DefaultCPUAllocator: can't allocate memory".
-_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """An allocation failure on any device: worth retrying with smaller tiles."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):  # torch.cuda.OutOfMemoryError is the former
-        return True
-    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXTS)
-
-
 _fork_guard_lock = threading.Lock()
 _fork_guard_installed = False
 
@@ -209,13 +213,6 @@ def _install_fork_guard() -> None:
             _fork_guard_installed = True
 
 
-def _free_cached_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-
-
 def _memory_budget(device: torch.device) -> int:
     """Bytes of activations one network call may use on ``device``."""
     if device.type == "cuda":
@@ -228,6 +225,23 @@ def _memory_budget(device: torch.device) -> int:
         except (AttributeError, RuntimeError):
             return 2 << 30
     return CPU_BUDGET_BYTES
+
+
+def _whole_image_budget(device: torch.device, gather_passes: bool) -> int:
+    """Bytes of activations a single image may use to run whole under ``tile_size='auto'``.
+
+    On a CPU, for networks whose tiles need whole-image statistics (``gather_passes``: tiling costs them
+    two extra passes), a share of the memory available now, within [tile budget,
+    CPU_WHOLE_IMAGE_MAX_BYTES]. Everything else: the tile budget (:func:`_memory_budget`), which also
+    bounds every tile, so the peak of large images stays fixed.
+    """
+    budget = _memory_budget(device)
+    if device.type != "cpu" or not gather_passes:
+        return budget
+    available = _image.available_memory()
+    if available is None:
+        return budget
+    return max(budget, min(CPU_WHOLE_IMAGE_MAX_BYTES, int(available * CPU_AVAILABLE_FRACTION)))
 
 
 def _bytes_per_lr_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> int:
@@ -243,30 +257,6 @@ def _bytes_per_lr_pixel(module: nn.Module, dtype: torch.dtype, scale: int) -> in
     width = max(widths, default=64)
     item = torch.tensor([], dtype=dtype).element_size()
     return 24 * width * item + 3 * scale * scale * (item + 4)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How one group of same-sized images runs: whole (tile None) or tiled, and how many per call."""
-
-    tile: int | None
-    pad: int
-    batch: int  # images per call when whole, tiles per call when tiled
-
-
-class _Progress:
-    """Counts progress units (tiles or images, every pass) of one upscale call for a callback."""
-
-    def __init__(self, callback: Callable[[int, int], None], total: int):
-        self.callback, self.total, self.done = callback, total, 0
-
-    def advance(self, units: int) -> None:
-        self.done = min(self.total, self.done + units)
-        self.callback(self.done, self.total)
-
-    def restart(self, done: int, extra_total: int = 0) -> None:
-        """After an out-of-memory retry: back to ``done``, with the retry's change in the total."""
-        self.done, self.total = done, self.total + extra_total
 
 
 class Upscaler:
@@ -353,6 +343,8 @@ class Upscaler:
         with torch.inference_mode():
             probe = torch.zeros(1, 3, side, side, device=device)
             self._image_reductions = count_image_reductions(self.module, probe)
+        # Tiles are plain network calls (no statistics passes, no resize replay, engine backend kept).
+        self._plain_tiles = not self._image_reductions and descriptor.traits.tile_align == 1
 
     @property
     def name(self) -> str:
@@ -428,7 +420,7 @@ class Upscaler:
             >>> [a.shape for a in up.upscale([np.zeros((5, 7, 3), np.uint8), np.zeros((9, 4), np.uint16)])]
             [(10, 14, 3), (18, 8)]
         """
-        tile_size, tile_pad, batch_size = _check_options(tile_size, tile_pad, batch_size)
+        options = CallOptions.checked(tile_size, tile_pad, batch_size, progress)
         many = isinstance(image, (list, tuple))
         inputs = list(image) if many else [image]
         # Everything is checked and converted before any network runs, so a bad last item costs nothing.
@@ -440,42 +432,31 @@ class Upscaler:
             )
             reserved += _image.result_bytes(prepared[-1], self.scale)
         flat = [p for items in prepared for p in items]
-        outputs = self._upscale_prepared(
-            flat, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size, progress=progress
-        )
+        outputs = self._upscale_prepared(flat, options)
         results, k = [], 0
         for items in prepared:
             results.append(_image.collate(outputs[k : k + len(items)]))
             k += len(items)
         return results if many else results[0]
 
-    def _upscale_prepared(
-        self,
-        items: list[_image.Prepared],
-        *,
-        tile_size: int | str | None,
-        tile_pad: int,
-        batch_size: int | None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> list[Any]:
+    def _upscale_prepared(self, items: list[_image.Prepared], options: CallOptions) -> list[Any]:
         """Run the network on every prepared image (same-sized ones as one batch) and finish each."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, p in enumerate(items):
             groups.setdefault((p.rgb.device, *p.rgb.shape[-2:]), []).append(i)
         tracker = None
-        if progress is not None:
+        if options.progress is not None:
             total = 0
             for members in groups.values():
                 n = sum(items[i].rgb.shape[0] for i in members)
                 h, w = items[members[0]].rgb.shape[-2:]
-                total += self._units(n, h, w, self._plan(h, w, n, tile_size, tile_pad, batch_size))
-            tracker = _Progress(progress, total)
+                plan = self._plan(h, w, n, options.tile_size, options.tile_pad, options.batch_size)
+                total += self._units(n, h, w, plan)
+            tracker = _Progress(options.progress, total)
         outputs: list[Any] = [None] * len(items)
         for members in groups.values():
             x = items[members[0]].rgb if len(members) == 1 else torch.cat([items[i].rgb for i in members])
-            y = self._upscale_rgb(
-                x, tile_size=tile_size, tile_pad=tile_pad, batch_size=batch_size, progress=tracker
-            )
+            y = self._upscale_rgb(x, options, progress=tracker)
             for j, i in enumerate(members):
                 p = items[i]
                 alpha = _image.upscale_alpha(p.alpha, self.scale) if p.alpha is not None else None
@@ -486,19 +467,14 @@ class Upscaler:
 
     # ------------------------------------------------------------------ core
     def _upscale_rgb(
-        self,
-        x: torch.Tensor,
-        *,
-        tile_size: int | str | None,
-        tile_pad: int,
-        batch_size: int | None,
-        progress: _Progress | None = None,
+        self, x: torch.Tensor, options: CallOptions, progress: _Progress | None = None
     ) -> torch.Tensor:
         """N x 3 x H x W float 0..1 (any device) -> N x 3 x sH x sW float32 0..1 on the same device."""
         if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
             raise InputError(f"the image is empty (shape {tuple(x.shape)})")
         x = x.float()
-        plan = self._plan(x.shape[-2], x.shape[-1], x.shape[0], tile_size, tile_pad, batch_size)
+        n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+        plan = self._plan(h, w, n, options.tile_size, options.tile_pad, options.batch_size)
         with torch.inference_mode():
             if plan.tile is None:
                 parts = [self._run_retrying(chunk, plan, progress) for chunk in x.split(plan.batch)]
@@ -510,50 +486,27 @@ class Upscaler:
     def _plan(
         self, h: int, w: int, n: int, tile_size: int | str | None, tile_pad: int, batch_size: int | None
     ) -> _Plan:
-        """The single place where tile and batch sizes are chosen (budget / per-pixel cost heuristics)."""
-        traits = self.descriptor.traits
-        budget_px = max(
-            1, _memory_budget(self.device) // _bytes_per_lr_pixel(self.module, self.dtype, self.scale)
-        )
+        """The plan for these (checked) options: lightsr._planner over this model's budget and traits."""
+        per_px = _bytes_per_lr_pixel(self.module, self.dtype, self.scale)
+        budget_px = _memory_budget(self.device) // per_px
         if self.device.type == "cpu" and self.dtype != torch.float32 and not self._image_reductions:
             budget_px = min(budget_px, CPU_HALF_CALL_PIXELS)
-        if tile_size == "auto":
-            tile = auto_tile_size(
-                h,
-                w,
-                budget_pixels=budget_px,
-                tile_pad=tile_pad,
-                multiple=traits.size_multiple,
-                min_size=traits.min_size,
-                floor=MIN_TILE,
-            )
-        else:
-            tile = tile_size  # type: ignore[assignment]
-        hp, wp = (
-            padded_length(h, traits.min_size, traits.size_multiple),
-            padded_length(w, traits.min_size, traits.size_multiple),
+        # Plain tiles cost only their padding, so the call budget decides; other tiling costs passes
+        # or the engine backend, so one image runs whole while it fits the (larger) whole-image budget.
+        whole_px = (
+            budget_px
+            if self._plain_tiles
+            else _whole_image_budget(self.device, bool(self._image_reductions)) // per_px
         )
-        if tile is None or tile >= max(hp, wp):
-            per_call = batch_size or max(1, budget_px // (hp * wp))
-            return _Plan(None, tile_pad, min(per_call, n))
-        window = (tile + 2 * tile_pad) ** 2
-        return _Plan(tile, tile_pad, batch_size or max(1, min(MAX_AUTO_TILE_BATCH, budget_px // window)))
+        options = CallOptions(tile_size, tile_pad, batch_size)
+        return plan_run(
+            h, w, n, options, self.descriptor.traits, budget_pixels=budget_px, whole_pixels=whole_px
+        )
 
     def _units(self, n: int, h: int, w: int, plan: _Plan) -> int:
         """Progress units of one plan: images for whole runs, tiles times passes for tiled ones."""
-        if plan.tile is None:
-            return n
-        traits = self.descriptor.traits
-        tiles = n * tile_count(
-            h,
-            w,
-            tile_size=plan.tile,
-            tile_pad=plan.pad,
-            multiple=traits.size_multiple,
-            min_size=traits.min_size,
-            align=traits.tile_align,
-        )
-        return tiles * (1 + (GATHER_PASSES if self._image_reductions else 0))
+        passes = 1 + (GATHER_PASSES if self._image_reductions else 0)
+        return progress_units(n, h, w, plan, self.descriptor.traits, passes=passes)
 
     def _tiled(self, x: torch.Tensor, plan: _Plan, progress: _Progress | None = None) -> torch.Tensor:
         """One attempt at a plan: a plain tiled run, or gather passes then a replaying run."""
@@ -607,49 +560,15 @@ class Upscaler:
         return sizes or None
 
     def _run_retrying(self, x: torch.Tensor, plan: _Plan, progress: _Progress | None = None) -> torch.Tensor:
-        """Run a plan; on out-of-memory, split the batch, then halve the tile, then give up clearly."""
-        start = progress.done if progress is not None else 0
-        while True:
-            try:
-                return self._tiled(x, plan, progress)
-            except Exception as exc:  # MemoryError included
-                if not _is_oom(exc):
-                    raise
-                failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            # Outside the except block, so the traceback (and the tensors its frames hold) is freed first.
-            _free_cached_memory(self.device)
-            if plan.tile is None and x.shape[0] > 1:
-                half = (x.shape[0] + 1) // 2
-                logger.warning("out of memory on %d images at once; retrying in two halves", x.shape[0])
-                sub = _Plan(None, plan.pad, max(1, plan.batch // 2))
-                if progress is not None:
-                    progress.restart(start)
-                return torch.cat([self._run_retrying(part, sub, progress) for part in x.split(half)])
-            if plan.tile is not None and plan.batch > 1:
-                logger.warning(
-                    "out of memory with %d tiles per call; retrying one tile at a time", plan.batch
-                )
-                plan = _Plan(plan.tile, plan.pad, 1)
-                if progress is not None:
-                    progress.restart(start)
-                continue
-            current = plan.tile if plan.tile is not None else max(x.shape[-2:])
-            smaller = current // 2
-            if smaller < MIN_TILE:
-                fix = (
-                    "close other programs or free memory"
-                    if self.device.type == "cpu"
-                    else "free memory on the device (other processes, other models), or use device='cpu'"
-                )
-                raise DeviceError(
-                    f"{self.device} ran out of memory even with tile_size={current} ({failed}); {fix}."
-                )
-            logger.warning("out of memory with tile_size=%s; retrying with tile_size=%d", plan.tile, smaller)
-            if progress is not None:
-                h, w = x.shape[-2:]
-                before = self._units(x.shape[0], h, w, plan)
-                progress.restart(start, self._units(x.shape[0], h, w, _Plan(smaller, plan.pad, 1)) - before)
-            plan = _Plan(smaller, plan.pad, 1)
+        """Run a plan with lightsr._runner's out-of-memory retries (smaller batches, then tiles)."""
+        return run_retrying(
+            lambda part, p: self._tiled(part, p, progress),
+            x,
+            plan,
+            device=self.device,
+            progress=progress,
+            units=self._units,
+        )
 
     def _forward(
         self,
@@ -710,27 +629,6 @@ class Upscaler:
             yb = self.module(xb)
         y[bad.to(y.device)] = yb.to(y.dtype)
         return y
-
-
-def _check_options(
-    tile_size: Any, tile_pad: Any, batch_size: Any
-) -> tuple[int | str | None, int, int | None]:
-    if not (tile_size is None or tile_size == "auto"):
-        if isinstance(tile_size, bool) or not isinstance(tile_size, int):
-            raise InputError(f"tile_size must be 'auto', None or an int (LR pixels), got {tile_size!r}")
-        if tile_size < MIN_TILE:
-            raise InputError(f"tile_size={tile_size} is too small; use at least {MIN_TILE}, 'auto' or None")
-    if tile_pad is None:
-        tile_pad = DEFAULT_TILE_PAD
-    elif isinstance(tile_pad, bool) or not isinstance(tile_pad, int) or tile_pad < 0:
-        raise InputError(
-            f"tile_pad must be an int >= 0 (LR pixels of context around each tile), got {tile_pad!r}"
-        )
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-    ):
-        raise InputError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
-    return tile_size, tile_pad, batch_size
 
 
 def load_model(

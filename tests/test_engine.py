@@ -26,6 +26,7 @@ from lightsr._engine import (
     resolve_device,
     resolve_precision,
 )
+from lightsr._planner import CallOptions
 from lightsr._zoo import describe, records
 from lightsr.errors import DeviceError, InputError
 
@@ -257,9 +258,9 @@ def test_lists_batch_images_of_equal_size(rtc, monkeypatch):
     calls = []
     real = rtc._upscale_rgb
 
-    def spy(x, **k):
+    def spy(x, *a, **k):
         calls.append(tuple(x.shape))
-        return real(x, **k)
+        return real(x, *a, **k)
 
     monkeypatch.setattr(rtc, "_upscale_rgb", spy)
     a, b, c = _image(10, 12, seed=1), _image(10, 12, seed=2), _image(7, 9, seed=3)
@@ -267,7 +268,7 @@ def test_lists_batch_images_of_equal_size(rtc, monkeypatch):
     assert isinstance(out, list) and len(out) == 4
     assert out[0].shape == (1, 3, 20, 24) and out[1].shape == (14, 18, 3) and out[3].shape == (2, 3, 20, 24)
     assert sorted(calls) == [(1, 3, 7, 9), (4, 3, 10, 12)]  # a, b and the pair in one batch
-    assert torch.allclose(out[2], real(b, tile_size=None, tile_pad=8, batch_size=None), atol=1e-5)
+    assert torch.allclose(out[2], real(b, CallOptions(tile_size=None, tile_pad=8)), atol=1e-5)
     assert rtc.upscale([]) == []
 
 
@@ -289,6 +290,7 @@ def test_auto_tiles_when_over_budget(rtc, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(_engine, "tiled_apply", spy)
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: None)  # the fixed budget alone
     monkeypatch.setattr(
         _engine, "CPU_BUDGET_BYTES", 64 * 64 * _engine._bytes_per_lr_pixel(rtc.module, rtc.dtype, 2)
     )
@@ -297,24 +299,87 @@ def test_auto_tiles_when_over_budget(rtc, monkeypatch):
     assert (tiled - whole).abs().mean() < 2e-3
 
 
-def test_cpu_half_precision_calls_are_capped(weights_dir, rtc):
+def test_cpu_whole_image_budget_follows_available_memory(monkeypatch):
+    """Where tiles take statistics passes, a single image may run whole up to a share of the memory
+    available now, within [tile budget, CPU_WHOLE_IMAGE_MAX_BYTES]; other networks, and the tiles
+    themselves, keep the fixed tile budget whatever is available (it bounds the peak of large images)."""
+    cpu = torch.device("cpu")
+    budget = _engine._whole_image_budget
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: None)  # unknown: the tile budget
+    assert budget(cpu, True) == 1 << 30
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 12 << 30)
+    assert budget(cpu, True) == 3 << 30  # a quarter
+    assert budget(cpu, False) == 1 << 30 and _engine._memory_budget(cpu) == 1 << 30
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 64 << 30)
+    assert budget(cpu, True) == _engine.CPU_WHOLE_IMAGE_MAX_BYTES == 4 << 30
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 1 << 20)  # nearly full: the floor
+    assert budget(cpu, True) == 1 << 30
+
+
+@pytest.mark.parametrize("name,precision", [("rfdn", "fp32"), ("imdn", "fp32"), ("imdn", "bf16")])
+def test_large_images_tile_within_the_fixed_budget_whatever_is_available(
+    weights_dir, monkeypatch, name, precision
+):
+    """The CLI's 1500 x 1500 x4 peak (issue 19: below 1.2 GB) rests on this: with 64 GiB available, a
+    1500 x 1500 image still runs in tiles whose windows fit the fixed 1 GiB tile budget, also for a
+    network with statistics passes (imdn), in fp32 and bf16."""
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 64 << 30)
+    up = load_model(name, 4, weights=_weights(weights_dir, name, 4), device="cpu", precision=precision)
+    per_px = _engine._bytes_per_lr_pixel(up.module, up.dtype, 4)
+    assert 1500 * 1500 * per_px > _engine.CPU_WHOLE_IMAGE_MAX_BYTES  # too large to run whole
+    plan = up._plan(1500, 1500, 1, "auto", 24, None)
+    assert plan.tile is not None
+    assert plan.batch * (plan.tile + 2 * 24) ** 2 * per_px <= _engine.CPU_BUDGET_BYTES
+
+
+def test_cpu_half_precision_calls_are_capped(weights_dir, rtc, monkeypatch):
     """bf16 on a CPU runs in calls of at most CPU_HALF_CALL_PIXELS (faster and smaller there, see the
-    constant); fp32 and networks with whole-image statistics (tiling costs them passes) keep the budget."""
-    erfdn_bf16 = _bf16(weights_dir, "rfdn", 4)
+    constant) where tiles are plain calls; fp32 and networks with whole-image statistics keep the budget
+    (tiling costs them passes); networks whose tiles need resize replay (ESA) run whole within the budget
+    (test_esa_bf16_runs_whole_when_it_fits)."""
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 16 << 30)
+    pan_bf16 = _bf16(weights_dir, "pan", 4)  # pixel attention only: plain tiles
+    assert pan_bf16._plain_tiles and pan_bf16.descriptor.traits.tile_align == 1
     side = math.isqrt(_engine.CPU_HALF_CALL_PIXELS)
-    plan = erfdn_bf16._plan(1000, 1000, 1, "auto", 24, None)
-    assert plan.tile is not None and plan.tile + 2 * 24 <= side
-    assert erfdn_bf16._plan(side, side, 1, "auto", 24, None).tile is None  # fits: whole
     budget_side = math.isqrt(
-        _engine.CPU_BUDGET_BYTES // _engine._bytes_per_lr_pixel(erfdn_bf16.module, erfdn_bf16.dtype, 4)
+        _engine._memory_budget(pan_bf16.device)
+        // _engine._bytes_per_lr_pixel(pan_bf16.module, pan_bf16.dtype, 4)
     )
-    assert budget_side > side  # else the cap tests nothing
-    assert erfdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is not None
+    assert budget_side > 2 * side  # else the cap tests nothing
+    plan = pan_bf16._plan(2 * side, 2 * side, 1, "auto", 24, None)  # fits the budget, not the cap
+    assert plan.tile is not None and plan.tile + 2 * 24 <= side
+    assert pan_bf16._plan(side, side, 1, "auto", 24, None).tile is None  # fits: whole
+    assert pan_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is not None
     imdn_bf16 = _bf16(weights_dir, "imdn", 4)  # contrast-aware channel attention: statistics passes
     assert (
         imdn_bf16._image_reductions and imdn_bf16._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None
     )
     assert rtc._plan(side + 8, side + 8, 1, "auto", 24, None).tile is None  # fp32
+
+
+def test_esa_bf16_runs_whole_when_it_fits(weights_dir, monkeypatch):
+    """Issue 19: rfdn x4 bf16 at 512x512 LR ran in capped tiles (resize replay, off the engine backend),
+    1.4-3x slower than whole; it runs whole when it fits the budget, and tiles only when it does not."""
+    rfdn_bf16 = _bf16(weights_dir, "rfdn", 4)
+    assert rfdn_bf16.descriptor.traits.tile_align > 1 and not rfdn_bf16._plain_tiles
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: None)  # the 1 GiB floor
+    assert 512 * 512 > _engine.CPU_HALF_CALL_PIXELS
+    assert rfdn_bf16._plan(512, 512, 1, "auto", 24, None).tile is None
+    # Too large to run whole: tiles, and they keep the half-precision call cap (the CLI's peak).
+    plan = rfdn_bf16._plan(1500, 1500, 1, "auto", 24, None)
+    assert plan.tile is not None and plan.batch * (plan.tile + 2 * 24) ** 2 <= _engine.CPU_HALF_CALL_PIXELS
+
+
+def test_fp32_runs_whole_when_available_memory_allows(weights_dir, monkeypatch):
+    """Issue 19: bsrn x2 fp32 at 512x512 LR needs more than the fixed 1 GiB (so it tiled, with
+    statistics passes); with memory available it runs whole."""
+    bsrn = load_model("bsrn", 2, weights=_weights(weights_dir, "bsrn", 2), device="cpu", precision="fp32")
+    need = 512 * 512 * _engine._bytes_per_lr_pixel(bsrn.module, bsrn.dtype, 2)
+    assert need > 1 << 30  # else the fixed budget would fit it too
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: None)
+    assert bsrn._plan(512, 512, 1, "auto", 24, None).tile is not None
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 8 * need)
+    assert bsrn._plan(512, 512, 1, "auto", 24, None).tile is None
 
 
 def test_forced_tiles_match_whole_closely(rtc):

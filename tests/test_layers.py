@@ -20,6 +20,8 @@ LAYERS = {
     "lightsr._tiling": 5,
     "lightsr._fastpath": 5,
     "lightsr._backends": 5,
+    "lightsr._planner": 5,  # what a call runs (options, whole or tiles): plain functions, no network
+    "lightsr._runner": 5,  # running a plan: progress, out-of-memory retries
     "lightsr._engine": 6,
     "lightsr._evaluate": 7,
     "lightsr._api": 7,
