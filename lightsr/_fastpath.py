@@ -73,26 +73,10 @@ __all__ = [
     "FastModule",
     "FusedConv2d",
     "channel_affine",
-    "cpu_tile_size",
     "optimize_for_inference",
-    "run_batched",
     "shuffle_channels",
 ]
 
-PASSES = (
-    "inference_forms",
-    "channel_shuffle",
-    "fold_input_scale",
-    "fold_output_scale",
-    "fold_scalar_mul",
-    "spatial_stats",
-    "split_conv",
-    "channel_scale",
-    "fuse_unary",
-    "fuse_add",
-    "mul_add",
-    "channel_affine",
-)
 # Rows (pixels) of a channels-last map reduced at once by the statistics helpers: 512 px x 64 ch in fp32
 # is 128 KB, inside a core's L2, so each chunk is read from memory once and then worked on in cache.
 _STAT_CHUNK = 512
@@ -1124,6 +1108,7 @@ def _apply_inference_forms(module: nn.Module) -> int:
     return count
 
 
+# The graph rewrites, registered once, in the order they run: each returns how many places it changed.
 _PASS_FUNCS: dict[str, Callable[[_Rewriter], int]] = {
     "channel_shuffle": _pass_channel_shuffle,
     "fold_input_scale": _pass_fold_input_scale,
@@ -1137,6 +1122,9 @@ _PASS_FUNCS: dict[str, Callable[[_Rewriter], int]] = {
     "mul_add": _pass_mul_add,
     "channel_affine": _pass_channel_affine,
 }
+# Every rewrite optimize_for_inference can run, in order: the module-level inference forms (before tracing),
+# then the graph rewrites.
+PASSES = ("inference_forms", *_PASS_FUNCS)
 
 
 # ------------------------------------------------------------------------------------ the public API
@@ -1249,7 +1237,7 @@ def optimize_for_inference(
     report["traced"] = True
     rw = _Rewriter(gm)
     for name in PASSES:
-        if name in chosen and name in _PASS_FUNCS:
+        if name in chosen and name != "inference_forms":
             report[name] = _PASS_FUNCS[name](rw)
     if channels_last is None:
         # channels-last is the fast convolution layout on CPU (oneDNN) and CUDA (tensor cores), but a
@@ -1277,39 +1265,3 @@ def optimize_for_inference(
     if channels_last:
         gm = gm.to(memory_format=torch.channels_last)
     return FastModule(gm, dtype, device, channels_last, report)
-
-
-# --------------------------------------------------------------------------------- tiles on the CPU
-def cpu_tile_size(descriptor: Any, dtype: torch.dtype) -> int | None:
-    """The LR tile side that runs fastest on this CPU, or None when whole images run fastest.
-
-    Measured (docs/performance.md): running a network on cache-sized tiles (64-128 px) is at best ~10%
-    faster per pixel than on a whole 320x180 frame here, before the cost of the context each tile needs
-    (24 px around a 128 px tile is +89% pixels), so tiling does not pay on CPU for speed: tile only to
-    bound memory.
-
-    Example:
-        >>> cpu_tile_size(None, torch.bfloat16) is None
-        True
-    """
-    return None
-
-
-def run_batched(
-    fn: Callable[[torch.Tensor], torch.Tensor], windows: Sequence[torch.Tensor], batch: int
-) -> list[torch.Tensor]:
-    """Run ``fn`` on same-shaped ``windows`` ``batch`` at a time; one output per window, in order.
-
-    Example:
-        >>> outs = run_batched(lambda t: t * 2, [torch.ones(1, 3, 4, 4)] * 5, batch=2)
-        >>> len(outs), tuple(outs[0].shape)
-        (5, (1, 3, 4, 4))
-    """
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    out: list[torch.Tensor] = []
-    for i in range(0, len(windows), batch):
-        group = list(windows[i : i + batch])
-        y = fn(torch.cat(group) if len(group) > 1 else group[0])
-        out.extend(y.split(1) if len(group) > 1 else [y])
-    return out

@@ -25,9 +25,7 @@ from lightsr._fastpath import (
     FastModule,
     FusedConv2d,
     channel_affine,
-    cpu_tile_size,
     optimize_for_inference,
-    run_batched,
 )
 from lightsr._zoo import ModelDescriptor, describe, records
 from lightsr.archs import NativeRange
@@ -383,22 +381,6 @@ def test_concurrent_calls_give_serial_results():
     for t in threads:
         t.join()
     assert all(torch.equal(results[i], serial[i]) for i in range(len(inputs)))
-
-
-def test_run_batched_and_cpu_tile_size():
-    seen = []
-
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        seen.append(t.shape[0])
-        return t * 2
-
-    windows = [torch.full((1, 3, 4, 4), float(i)) for i in range(5)]
-    out = run_batched(fn, windows, batch=2)
-    assert seen == [2, 2, 1]
-    assert [float(o[0, 0, 0, 0]) for o in out] == [0.0, 2.0, 4.0, 6.0, 8.0]
-    with pytest.raises(ValueError):
-        run_batched(fn, windows, batch=0)
-    assert cpu_tile_size(None, torch.bfloat16) is None
 
 
 # ------------------------------------------------------------------------------------ zoo models
