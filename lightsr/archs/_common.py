@@ -91,6 +91,40 @@ def exact_fit(
     return config if expected == actual else None
 
 
+def check_keys(
+    family: str,
+    config: Mapping[str, Any],
+    allowed: Iterable[str],
+    example: Mapping[str, Any],
+    required: Iterable[str] = ("scale",),
+) -> None:
+    """A :class:`CheckpointError` unless ``config`` is a mapping with only ``allowed`` keys and every
+    ``required`` one (the scale, by default: it always comes from the record, never from a default).
+
+    Example:
+        >>> check_keys("toy", {"scale": 4}, ("scale", "width"), {"scale": 4})
+        >>> try:
+        ...     check_keys("toy", {"scale": 4, "widht": 8}, ("scale", "width"), {"scale": 4})
+        ... except CheckpointError as exc:
+        ...     print(str(exc)[:45])
+        toy arch_config has unknown key(s) ['widht']
+    """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{family} arch_config must be a dict, got {config!r}; e.g. {dict(example)!r}")
+    allowed = set(allowed)
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise CheckpointError(
+            f"{family} arch_config has unknown key(s) {unknown}; the known keys are {sorted(allowed)}, "
+            f"e.g. {dict(example)!r}"
+        )
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise CheckpointError(
+            f"{family} arch_config needs {', '.join(map(repr, missing))}; e.g. {dict(example)!r}"
+        )
+
+
 def positive_ints(
     family: str, config: Mapping[str, Any], keys: Iterable[str], example: Mapping[str, Any]
 ) -> tuple[int, ...]:

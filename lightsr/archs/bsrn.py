@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit
 from lightsr.errors import CheckpointError
 
 __all__ = [
@@ -200,11 +200,7 @@ class BSRN(nn.Module):
 
 
 def _config(config: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(config) - set(_DEFAULTS)
-    if unknown:
-        raise CheckpointError(
-            f"unknown BSRN arch_config key(s) {sorted(unknown)}; the known keys are {sorted(_DEFAULTS)}"
-        )
+    check_keys("BSRN", config, _DEFAULTS, {"scale": 4})
     c = {**_DEFAULTS, **config}
     if not all(isinstance(c[k], int) and c[k] >= 1 for k in _DEFAULTS) or c["num_feat"] % 16:
         raise CheckpointError(

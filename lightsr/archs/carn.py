@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit, positive_ints
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
 __all__ = [
@@ -175,8 +175,9 @@ def build(config: dict[str, Any]) -> CARNM:
         >>> build({"scale": 4, "features": 64, "group": 4}).scale
         4
     """
-    if "scale" not in config:
-        raise CheckpointError("CARN-M arch_config needs 'scale' (2, 3 or 4), e.g. {'scale': 4, 'group': 4}")
+    example = {"scale": 4, "features": 64, "group": 4}
+    check_keys("CARN-M", config, example, example)
+    positive_ints("CARN-M", {**example, **config}, example, example)
     return CARNM(
         scale=int(config["scale"]),
         features=int(config.get("features", 64)),

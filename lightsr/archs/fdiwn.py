@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightsr.archs._common import ArchTraits
+from lightsr.archs._common import ArchTraits, exact_fit
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
 __all__ = [
@@ -100,7 +100,11 @@ def _resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     if "scale" not in config:
         raise CheckpointError("FDIWN arch_config needs a 'scale' (2, 3 or 4), e.g. {'scale': 4}")
     scale = config["scale"]
-    if not isinstance(scale, int) or isinstance(scale, bool) or scale not in OFFICIAL_CONFIGS:
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise CheckpointError(
+            f"FDIWN arch_config 'scale' must be a positive integer (2, 3 or 4), got {scale!r}"
+        )
+    if scale not in OFFICIAL_CONFIGS:
         raise UnsupportedScaleError("fdiwn", scale, tuple(OFFICIAL_CONFIGS))
     unknown = sorted(set(config) - set(OFFICIAL_CONFIGS[scale]))
     if unknown:
@@ -562,4 +566,18 @@ def match_state_dict(state_dict: dict[str, Any]) -> dict[str, Any] | None:
         _resolve_config(config)
     except (CheckpointError, UnsupportedScaleError, TypeError, IndexError):
         return None
-    return config
+    # The guess must describe the whole file: compared on the folded form (a weight-norm pair counts as
+    # the one weight it folds into, with weight_v's shape), so a tensor missing or extra is no fit.
+    folded: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        if key.endswith(".weight_g"):
+            if key[: -len("_g")] + "_v" not in state_dict:
+                return None
+            continue
+        stem = key[: -len("_v")] if key.endswith(".weight_v") else key
+        if stem != key and stem + "_g" not in state_dict:
+            return None
+        if not hasattr(value, "shape") or stem in folded:
+            return None
+        folded[stem] = torch.empty(tuple(value.shape), device="meta")
+    return exact_fit(build, config, folded)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit, positive_ints
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit, positive_ints
 from lightsr.errors import CheckpointError
 
 __all__ = [
@@ -274,6 +274,7 @@ _EXAMPLE = {"num_feat": 64, "num_blocks": 6, "upscale": 4}
 
 
 def _config(config: dict[str, Any]) -> tuple[str, int, int, int]:
+    check_keys("imdn", config, (*_EXAMPLE, "variant"), _EXAMPLE, required=())
     variant = config.get("variant", "imdn")
     if variant not in VARIANTS:
         raise CheckpointError(

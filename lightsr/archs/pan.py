@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit
-from lightsr.errors import CheckpointError, UnsupportedScaleError
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit, positive_ints
+from lightsr.errors import UnsupportedScaleError
 
 __all__ = [
     "CONVERSION_SHRINKS",
@@ -163,8 +163,16 @@ def build(config: dict[str, Any]) -> PAN:
         >>> build({"scale": 2, "features": 40, "up_features": 24, "blocks": 16}).scale
         2
     """
-    if "scale" not in config:
-        raise CheckpointError("PAN arch_config needs 'scale' (2, 3 or 4), e.g. {'scale': 4, 'blocks': 16}")
+    example = {
+        "scale": 4,
+        "features": 40,
+        "up_features": 24,
+        "blocks": 16,
+        "in_channels": 3,
+        "out_channels": 3,
+    }
+    check_keys("PAN", config, example, {"scale": 4, "blocks": 16})
+    positive_ints("PAN", {**example, **config}, example, {"scale": 4, "blocks": 16})
     return PAN(
         scale=int(config["scale"]),
         features=int(config.get("features", 40)),

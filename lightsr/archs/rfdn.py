@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit, positive_ints
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit, positive_ints
 from lightsr.errors import CheckpointError
 
 __all__ = [
@@ -149,6 +149,7 @@ _EXAMPLE = {"num_feat": 50, "num_blocks": 4, "upscale": 4}
 
 
 def _config(config: dict[str, Any]) -> tuple[int, int, int]:
+    check_keys("rfdn", config, _EXAMPLE, _EXAMPLE, required=())
     n, nb, s = positive_ints("rfdn", config, ("num_feat", "num_blocks", "upscale"), _EXAMPLE)
     if n < 4 or n % 2:
         raise CheckpointError(

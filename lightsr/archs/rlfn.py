@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit, positive_ints
 from lightsr.errors import CheckpointError
 
 __all__ = [
@@ -166,14 +166,10 @@ def _mid_list(mid_channels: int | list[int], blocks: int) -> list[int]:
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    missing = [k for k in ("scale", "features", "mid_channels", "blocks") if k not in config]
-    if missing:
-        raise CheckpointError(
-            f"RLFN arch_config lacks {missing}; it needs scale, features, mid_channels and blocks, "
-            "e.g. {'scale': 4, 'features': 52, 'mid_channels': 52, 'blocks': 6}"
-        )
-    if int(config["scale"]) < 1:
-        raise CheckpointError(f"RLFN arch_config scale must be a positive integer, got {config['scale']!r}")
+    example = {"scale": 4, "features": 52, "mid_channels": 52, "blocks": 6}
+    required = ("scale", "features", "mid_channels", "blocks")
+    check_keys("RLFN", config, (*required, "esa_channels", "in_channels"), example, required=required)
+    positive_ints("RLFN", config, ("scale", "features", "blocks"), example)
 
 
 def build(config: dict[str, Any]) -> RLFN:

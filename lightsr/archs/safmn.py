@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightsr.archs._common import ArchTraits, exact_fit
+from lightsr.archs._common import ArchTraits, check_keys, exact_fit
 from lightsr.errors import CheckpointError
 
 __all__ = [
@@ -148,11 +148,7 @@ class SAFMN(nn.Module):
 
 
 def _config(config: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(config) - set(_DEFAULTS)
-    if unknown:
-        raise CheckpointError(
-            f"unknown SAFMN arch_config key(s) {sorted(unknown)}; the known keys are {sorted(_DEFAULTS)}"
-        )
+    check_keys("SAFMN", config, _DEFAULTS, {"scale": 4})
     c = {**_DEFAULTS, **config}
     ints_ok = all(isinstance(c[k], int) and c[k] >= 1 for k in ("scale", "dim", "num_blocks"))
     if (
