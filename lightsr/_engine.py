@@ -32,6 +32,7 @@ from lightsr._runner import Progress as _Progress
 from lightsr._runner import is_oom as _is_oom  # noqa: F401
 from lightsr._runner import run_retrying
 from lightsr._tiling import (
+    RowSink,
     TileRegion,
     TileStatistics,
     count_image_reductions,
@@ -74,6 +75,13 @@ CPU_WHOLE_IMAGE_MAX_BYTES = 4 << 30
 # tiled, so an image that fits the budget runs whole instead of in capped tiles (rfdn x4 bf16 at 512x512
 # LR: whole 1.8-2.5 s, capped tiles 4.6-10.4 s; issue 19); their tiles keep the cap.
 CPU_HALF_CALL_PIXELS = 320 * 320
+# LR pixels per tile window on a CPU in fp32 (same networks as the cap above; whole-image decisions keep
+# the budget). Tiles of the full 1 GiB budget (rfdn x4: 455 x 455 windows, about 500 MB resident per
+# call, twice what they compute: fragmentation, and tensors freed late) put `lightsr upscale` of a
+# 1500 x 1500 image x4 at 1.26 GB in fp32 even with the result written band by band; 384 x 384 windows
+# put it at 1.07-1.14 GB (ONNX Runtime backend, whose rfdn tiles run on torch fp32; issue 19's 1.2 GB
+# target), for 2% more padding arithmetic than 455 x 455 windows.
+CPU_FP32_TILE_PIXELS = 384 * 384
 # Share of the device's free memory one run may use on CUDA / MPS.
 GPU_BUDGET_FRACTION = 0.5
 
@@ -456,7 +464,16 @@ class Upscaler:
         outputs: list[Any] = [None] * len(items)
         for members in groups.values():
             x = items[members[0]].rgb if len(members) == 1 else torch.cat([items[i].rgb for i in members])
-            y = self._upscale_rgb(x, options, progress=tracker)
+            streamed = (
+                _image.StreamedResult.for_item(items[members[0]], self.scale) if len(members) == 1 else None
+            )
+            sink = None if streamed is None else streamed.write
+            y = self._upscale_rgb(x, options, progress=tracker, sink=sink)
+            if y is None:  # tiled into ``streamed``: no full-size float canvas was made
+                assert streamed is not None
+                outputs[members[0]] = streamed.result()
+                del x
+                continue
             for j, i in enumerate(members):
                 p = items[i]
                 alpha = _image.upscale_alpha(p.alpha, self.scale) if p.alpha is not None else None
@@ -467,20 +484,32 @@ class Upscaler:
 
     # ------------------------------------------------------------------ core
     def _upscale_rgb(
-        self, x: torch.Tensor, options: CallOptions, progress: _Progress | None = None
-    ) -> torch.Tensor:
-        """N x 3 x H x W float 0..1 (any device) -> N x 3 x sH x sW float32 0..1 on the same device."""
+        self,
+        x: torch.Tensor,
+        options: CallOptions,
+        progress: _Progress | None = None,
+        sink: RowSink | None = None,
+    ) -> torch.Tensor | None:
+        """N x 3 x H x W float 0..1 (any device) -> N x 3 x sH x sW float32 0..1 on the same device.
+
+        With ``sink`` (one image), a tiled run hands its rows to it instead (unclamped) and returns None.
+        """
         if x.shape[-2] < 1 or x.shape[-1] < 1 or x.shape[0] < 1:
             raise InputError(f"the image is empty (shape {tuple(x.shape)})")
         x = x.float()
         n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         plan = self._plan(h, w, n, options.tile_size, options.tile_pad, options.batch_size)
         with torch.inference_mode():
-            if plan.tile is None:
+            if sink is not None and n == 1:
+                y = self._run_retrying(x, plan, progress, sink)
+                if y is None:
+                    return None
+            elif plan.tile is None:
                 parts = [self._run_retrying(chunk, plan, progress) for chunk in x.split(plan.batch)]
-                y = parts[0] if len(parts) == 1 else torch.cat(parts)
+                y = parts[0] if len(parts) == 1 else torch.cat(parts)  # type: ignore[list-item]
             else:
                 y = self._run_retrying(x, plan, progress)
+            assert y is not None
             return y.clamp_(0.0, 1.0).contiguous()
 
     def _plan(
@@ -489,7 +518,8 @@ class Upscaler:
         """The plan for these (checked) options: lightsr._planner over this model's budget and traits."""
         per_px = _bytes_per_lr_pixel(self.module, self.dtype, self.scale)
         budget_px = _memory_budget(self.device) // per_px
-        if self.device.type == "cpu" and self.dtype != torch.float32 and not self._image_reductions:
+        capped = self.device.type == "cpu" and not self._image_reductions
+        if capped and self.dtype != torch.float32:
             budget_px = min(budget_px, CPU_HALF_CALL_PIXELS)
         # Plain tiles cost only their padding, so the call budget decides; other tiling costs passes
         # or the engine backend, so one image runs whole while it fits the (larger) whole-image budget.
@@ -498,6 +528,8 @@ class Upscaler:
             if self._plain_tiles
             else _whole_image_budget(self.device, bool(self._image_reductions)) // per_px
         )
+        if capped and self.dtype == torch.float32:
+            budget_px = min(budget_px, CPU_FP32_TILE_PIXELS)
         options = CallOptions(tile_size, tile_pad, batch_size)
         return plan_run(
             h, w, n, options, self.descriptor.traits, budget_pixels=budget_px, whole_pixels=whole_px
@@ -508,8 +540,15 @@ class Upscaler:
         passes = 1 + (GATHER_PASSES if self._image_reductions else 0)
         return progress_units(n, h, w, plan, self.descriptor.traits, passes=passes)
 
-    def _tiled(self, x: torch.Tensor, plan: _Plan, progress: _Progress | None = None) -> torch.Tensor:
-        """One attempt at a plan: a plain tiled run, or gather passes then a replaying run."""
+    def _tiled(
+        self,
+        x: torch.Tensor,
+        plan: _Plan,
+        progress: _Progress | None = None,
+        sink: RowSink | None = None,
+    ) -> torch.Tensor | None:
+        """One attempt at a plan: a plain tiled run, or gather passes then a replaying run. With ``sink``,
+        a split image is handed over in bands of rows (see ``tiled_apply``) and None returned."""
         traits = self.descriptor.traits
         common: dict[str, Any] = {
             "scale": self.scale,
@@ -522,7 +561,7 @@ class Upscaler:
         sources = self._resize_sources(x) if plan.tile is not None and traits.tile_align > 1 else None
         if plan.tile is None or not (self._image_reductions or sources):
             forward = self._forward if progress is None else partial(self._forward, progress=progress)
-            return tiled_apply(forward, x, **common)  # type: ignore[return-value]
+            return tiled_apply(forward, x, sink=sink, **common)
         if self._backend is not None and not self._torch_reason_logged:
             self._torch_reason_logged = True
             logger.info(
@@ -540,7 +579,7 @@ class Upscaler:
             tiled_apply(gather, x, with_regions=True, assemble=False, **common)
             stats.freeze()
         replay = partial(self._forward, stats=stats, gather=False, progress=progress)
-        return tiled_apply(replay, x, with_regions=True, **common)  # type: ignore[return-value]
+        return tiled_apply(replay, x, with_regions=True, sink=sink, **common)
 
     def _resize_sources(self, x: torch.Tensor) -> list[tuple[int, int]] | None:
         """The coarse-map sizes a whole-image run of ``x`` resizes from (None if it has none).
@@ -559,10 +598,20 @@ class Upscaler:
             return None
         return sizes or None
 
-    def _run_retrying(self, x: torch.Tensor, plan: _Plan, progress: _Progress | None = None) -> torch.Tensor:
-        """Run a plan with lightsr._runner's out-of-memory retries (smaller batches, then tiles)."""
+    def _run_retrying(
+        self,
+        x: torch.Tensor,
+        plan: _Plan,
+        progress: _Progress | None = None,
+        sink: RowSink | None = None,
+    ) -> torch.Tensor | None:
+        """Run a plan with lightsr._runner's out-of-memory retries (smaller batches, then tiles).
+
+        ``sink`` (one image only: a batch split would renumber its images) receives tiled results.
+        """
+        assert sink is None or x.shape[0] == 1
         return run_retrying(
-            lambda part, p: self._tiled(part, p, progress),
+            lambda part, p: self._tiled(part, p, progress, sink),
             x,
             plan,
             device=self.device,

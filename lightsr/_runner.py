@@ -60,17 +60,18 @@ class Progress:
 
 
 def run_retrying(
-    attempt: Callable[[torch.Tensor, Plan], torch.Tensor],
+    attempt: Callable[[torch.Tensor, Plan], torch.Tensor | None],
     x: torch.Tensor,
     plan: Plan,
     *,
     device: torch.device,
     progress: Progress | None = None,
     units: Callable[[int, int, int, Plan], int] | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """``attempt(x, plan)``; on out-of-memory, split the batch, then halve the tile, then give up clearly.
 
     ``units(n, h, w, plan)`` counts a plan's progress units, so the total follows a retry's new plan.
+    ``attempt`` may return None (it handed its result elsewhere); batches it splits must return tensors.
     """
     start = progress.done if progress is not None else 0
     while True:
@@ -92,7 +93,7 @@ def run_retrying(
                 run_retrying(attempt, part, sub, device=device, progress=progress, units=units)
                 for part in x.split(half)
             ]
-            return torch.cat(parts)
+            return torch.cat(parts)  # type: ignore[arg-type]
         if plan.tile is not None and plan.batch > 1:
             logger.warning("out of memory with %d tiles per call; retrying one tile at a time", plan.batch)
             plan = Plan(plan.tile, plan.pad, 1)

@@ -297,6 +297,7 @@ def tiled_apply(
     with_regions: bool = False,
     assemble: bool = True,
     align: int = 1,
+    sink: RowSink | None = None,
 ) -> torch.Tensor | None:
     """Apply ``fn`` to ``x`` tile by tile and return the merged ``N x C' x (H*scale) x (W*scale)`` result.
 
@@ -312,7 +313,11 @@ def tiled_apply(
     covering everything); ``assemble=False`` only runs ``fn`` over the tiles and returns None
     (for passes that gather statistics). ``align``: when the image is split, window starts are
     multiples of it (the image is padded for that), so the network's coarse branches of that stride
-    see the same grid in every tile as in the whole image.
+    see the same grid in every tile as in the whole image. ``sink``: when the image is split, the
+    result is not returned (None) but handed over a band of output rows at a time, as
+    ``sink(image, row0, rows)`` (``rows``: ``C' x r x (W*scale)``, the final values of rows
+    ``row0:row0+r``, cropped), so only one row of tiles is held in ``out_dtype`` instead of the whole
+    canvas; a whole-image call still returns its result.
 
     Example:
         >>> up = lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2)
@@ -346,6 +351,7 @@ def tiled_apply(
     faded = any(sp.fade0 or sp.fade1 for sp in (*ys, *xs))
     out: torch.Tensor | None = None
     s = scale
+    bands = None if sink is None or not assemble else _Bands(sink, ys, s, h * s, w * s)
     for group in _batches(tiles, max(1, batch_tiles)):
         windows = torch.cat(
             [xp[t.index : t.index + 1, :, t.ys.in0 : t.ys.in1, t.xs.in0 : t.xs.in1] for t in group]
@@ -354,6 +360,21 @@ def tiled_apply(
         if not assemble:
             continue
         y = _checked(y, windows, s).to(device=x.device, dtype=out_dtype)
+        if bands is not None:
+            for k, t in enumerate(group):
+                band, top = bands.band_for(t, y.shape[1], wp * s, out_dtype, x.device)
+                oy0, oy1 = (t.ys.core0 - t.ys.fade0) * s, (t.ys.core1 + t.ys.fade1) * s
+                ox0, ox1 = (t.xs.core0 - t.xs.fade0) * s, (t.xs.core1 + t.xs.fade1) * s
+                piece = y[
+                    k, :, oy0 - t.ys.in0 * s : oy1 - t.ys.in0 * s, ox0 - t.xs.in0 * s : ox1 - t.xs.in0 * s
+                ]
+                target = band[:, oy0 - top : oy1 - top, ox0:ox1]
+                if faded:
+                    target.lerp_(piece, _lerp_weight(t.ys, t.xs, s).to(device=x.device, dtype=out_dtype))
+                else:
+                    target.copy_(piece)
+            del y, windows
+            continue
         if out is None:
             # The padded canvas; the padding is cropped at the end. Every pixel is first written by
             # a tile with lerp weight 1, so the initial zeros never leak into the result.
@@ -370,8 +391,62 @@ def tiled_apply(
         del y, windows
     if not assemble:
         return None
+    if bands is not None:
+        bands.close()
+        return None
     assert out is not None
     return out[..., : h * scale, : w * scale]
+
+
+RowSink = Callable[[int, int, torch.Tensor], None]
+
+
+class _Bands:
+    """The merged result of a tiled run held one row of tiles at a time (``tiled_apply``'s ``sink``).
+
+    Tiles arrive in raster order, so once the first tile of row ``k + 1`` arrives, every output row
+    above that row's cross-fade is final: it goes to the sink, and the rows still faded into by row
+    ``k + 1`` move to the next band. Each output pixel sees the same writes in the same order as on a
+    whole canvas (zeros, then lerps), so the values are bit-identical to the canvas's.
+    """
+
+    def __init__(self, sink: RowSink, ys: Sequence[Span], scale: int, height: int, width: int) -> None:
+        self.sink, self.scale, self.height, self.width = sink, scale, height, width
+        self.rows = [((sp.core0 - sp.fade0) * scale, (sp.core1 + sp.fade1) * scale) for sp in ys]
+        self.row_of = {id(sp): k for k, sp in enumerate(ys)}
+        self.key: tuple[int, int] | None = None
+        self.band: torch.Tensor | None = None
+        self.top = 0
+
+    def band_for(
+        self, t: _Tile, channels: int, full_width: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, int]:
+        """The band holding tile ``t``'s output rows, and the output row of its first row."""
+        key = (t.index, self.row_of[id(t.ys)])
+        if key != self.key:
+            top, bottom = self.rows[key[1]]
+            band = torch.zeros(channels, bottom - top, full_width, dtype=dtype, device=device)
+            if self.band is not None and self.key is not None and self.key[0] == key[0]:
+                # Same image, next row of tiles: everything above ``top`` is final; the rest carries over.
+                self._emit(self.key[0], self.top, top)
+                carried = self.band[:, top - self.top :]
+                band[:, : carried.shape[1]].copy_(carried)
+            elif self.band is not None and self.key is not None:
+                self._emit(self.key[0], self.top, self.top + self.band.shape[1])
+            self.key, self.band, self.top = key, band, top
+        assert self.band is not None
+        return self.band, self.top
+
+    def close(self) -> None:
+        if self.band is not None and self.key is not None:
+            self._emit(self.key[0], self.top, self.top + self.band.shape[1])
+        self.band = self.key = None
+
+    def _emit(self, image: int, row0: int, row1: int) -> None:
+        assert self.band is not None
+        row1 = min(row1, self.height)
+        if row1 > row0:
+            self.sink(image, row0, self.band[:, row0 - self.top : row1 - self.top, : self.width])
 
 
 def _checked(y: torch.Tensor, x: torch.Tensor, scale: int) -> torch.Tensor:

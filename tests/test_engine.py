@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import lightsr
 from lightsr import _engine
+from lightsr import _image as _image_mod
 from lightsr._engine import (
     DEFAULT_TILE_PAD,
     Upscaler,
@@ -514,6 +516,64 @@ def test_oom_halves_the_tile_and_retries(weights_dir):
     del up._forward
     # The retry runs one tile per call; so must the reference (oneDNN's batched kernels round differently).
     assert torch.equal(y, up.upscale(x, tile_size=30, tile_pad=8, batch_size=1))
+
+
+def _unstreamed(up: Upscaler, image, monkeypatch, **kw):
+    """``up.upscale(image, **kw)`` through the whole float canvas and finish (no streamed result)."""
+    with monkeypatch.context() as m:
+        m.setattr(_image_mod.StreamedResult, "for_item", classmethod(lambda cls, item, scale: None))
+        return up.upscale(image, **kw)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "uint16", "pil"])
+def test_tiled_rgb_results_are_written_band_by_band_bit_identically(rtc, monkeypatch, kind):
+    """Tiled 8/16-bit RGB results go straight into their final array, one row of tiles at a time (issue 19:
+    no full-size float canvas at the peak), with exactly the values of the canvas path."""
+    x = _image(70, 53, seed=4)[0].permute(1, 2, 0).numpy()
+    image = {
+        "uint8": (x * 255).round().astype(np.uint8),
+        "uint16": (x * 65535).round().astype(np.uint16),
+        "pil": Image.fromarray((x * 255).round().astype(np.uint8)),
+    }[kind]
+    bands = []
+    real = _image_mod.StreamedResult.write
+    monkeypatch.setattr(
+        _image_mod.StreamedResult,
+        "write",
+        lambda self, i, r0, rows: (bands.append(r0), real(self, i, r0, rows)),
+    )
+    got = rtc.upscale(image, tile_size=16, tile_pad=4)
+    assert len(bands) == 5 and bands == sorted(bands)  # 70 rows in tiles of 16: five rows of tiles
+    want = _unstreamed(rtc, image, monkeypatch, tile_size=16, tile_pad=4)
+    assert type(got) is type(want)
+    assert (
+        np.array_equal(np.asarray(got), np.asarray(want)) and np.asarray(got).dtype == np.asarray(want).dtype
+    )
+    # Whole-image runs, grey and alpha images take the canvas path.
+    bands.clear()
+    rtc.upscale(image, tile_size=None)
+    rtc.upscale(np.zeros((40, 40), np.uint8), tile_size=16)
+    rtc.upscale(np.zeros((40, 40, 4), np.uint8), tile_size=16)
+    assert bands == []
+
+
+def test_streamed_result_survives_an_oom_retry(rtc, monkeypatch):
+    """An out-of-memory retry rewrites the streamed rows from scratch: the result is the retried plan's."""
+    image = (_image(60, 50, seed=5)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    real = rtc._forward
+    calls = []
+
+    def flaky(t, *args, **kwargs):
+        calls.append(t.shape[-1])
+        if len(calls) == 3:  # mid-run: some rows of the first plan are already written
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
+        return real(t, *args, **kwargs)
+
+    monkeypatch.setattr(rtc, "_forward", flaky)
+    got = rtc.upscale(image, tile_size=32, tile_pad=4, batch_size=1)
+    monkeypatch.undo()
+    assert calls[3:] and max(calls[3:]) < min(calls[:3])  # the retry ran in smaller tiles
+    assert np.array_equal(got, _unstreamed(rtc, image, monkeypatch, tile_size=16, tile_pad=4, batch_size=1))
 
 
 def test_oom_with_a_batch_of_tiles_first_goes_to_one_tile_per_call(rtc, monkeypatch):

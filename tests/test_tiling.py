@@ -112,6 +112,46 @@ def test_tiled_equals_whole_for_local_function(size, tile, pad, blend, batch, sc
     assert torch.equal(y, fn(x))
 
 
+@pytest.mark.parametrize(
+    "size,tile,pad,blend,batch,scale",
+    [
+        ((70, 53), 16, 4, None, 1, 3),  # faded rows, batches never span two rows
+        ((70, 53), 16, 4, None, 5, 2),  # batches of 5 tiles: each spans two rows of tiles
+        ((33, 90), 20, 6, 0, 2, 4),  # no cross-fade: rows are pasted
+        ((40, 40), 7, 12, 6, 3, 2),  # fades wider than the cores: a row of tiles fades into two others
+        ((25, 25), 64, 4, None, 1, 2),  # one window: the result is returned, the sink unused
+    ],
+)
+def test_sink_gets_every_row_once_with_the_canvas_values(size, tile, pad, blend, batch, scale):
+    """tiled_apply(sink=...) hands over each output row once, final, bit-identical to the whole canvas,
+    for every image of the batch, and holds no canvas of its own."""
+    torch.manual_seed(3)
+    # Tile-dependent output (a per-window offset) so blending is exercised, not only pasting.
+    base = _local_net(scale)
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return base(t) + t.mean(dim=(1, 2, 3), keepdim=True)
+
+    x = torch.rand(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kw = {"scale": scale, "tile_size": tile, "tile_pad": pad, "blend": blend, "batch_tiles": batch}
+    canvas = tiled_apply(fn, x, out_dtype=torch.float64, **kw)
+    got = torch.full_like(canvas, float("nan"))
+    writes = torch.zeros(canvas.shape[0], canvas.shape[-2], dtype=torch.long)
+
+    def sink(image: int, row0: int, rows: torch.Tensor) -> None:
+        assert rows.shape[0] == 3 and rows.shape[-1] == size[1] * scale
+        got[image, :, row0 : row0 + rows.shape[1]] = rows
+        writes[image, row0 : row0 + rows.shape[1]] += 1
+
+    result = tiled_apply(fn, x, out_dtype=torch.float64, sink=sink, **kw)
+    if tile >= max(size):
+        assert torch.equal(result, canvas) and writes.sum() == 0
+        return
+    assert result is None
+    assert torch.equal(writes, torch.ones_like(writes))
+    assert torch.equal(got, canvas)
+
+
 def test_too_little_context_is_visible():
     """The exactness test can fail: with no context beyond the fade, tile borders differ."""
     fn = _local_net(2)
