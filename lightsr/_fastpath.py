@@ -178,6 +178,8 @@ class FusedConv2d(nn.Module):
         self.act = act
         self.binary = binary
         self.onednn = False
+        # fp16 on a CPU: the conv runs in fp32 on the fp16 values and is rounded back (see finalize).
+        self.upcast = False
         # Convs on 1x1 maps (attention vectors after global pooling) cost more in oneDNN set-up than in
         # arithmetic; they stay on F.conv2d.
         self.pointlike = False
@@ -203,6 +205,12 @@ class FusedConv2d(nn.Module):
             and channels_last
             and not self.pointlike
         )
+        # PyTorch's CPU fp16 convolution is a slow generic kernel (48 -> 48 channels, 3x3, 128 x 128, one
+        # thread on an AVX512-BF16 EPYC: 35 ms against 3 ms in fp32) that accumulates in fp32 anyway: the
+        # same arithmetic in an fp32 kernel on the fp16 values, rounded to fp16, differs from it by one fp16
+        # ulp in 0.2% of outputs, with the same error against float64. fp16 is never 'auto' on a CPU; this
+        # is for forced fp16 (and the fp16 quality table, which stands in for CUDA's fp16 there).
+        self.upcast = device.type == "cpu" and dtype == torch.float16
 
     def forward(
         self, x: torch.Tensor, other: torch.Tensor | None = None, in_scale: torch.Tensor | None = None
@@ -246,7 +254,14 @@ class FusedConv2d(nn.Module):
                 list(self.act.scalars),
                 self.act.algorithm,
             )
-        y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.upcast:
+            bias = None if self.bias is None else self.bias.float()
+            y = F.conv2d(
+                x.float(), weight.float(), bias, self.stride, self.padding, self.dilation, self.groups
+            )
+            y = y.to(x.dtype)
+        else:
+            y = F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if other is not None:
             y = y.add_(other)
         return y if self.act.attr == "none" else self.act.apply(y, inplace=True)
@@ -1159,31 +1174,33 @@ class FastModule(nn.Module):
         return self.body(x)
 
 
-def _route_pointwise_to_onednn(
-    rw: _Rewriter, dtype: torch.dtype, device: torch.device, channels_last: bool
-) -> int:
-    """Plain fp32 1x1 convolutions -> FusedConv2d without post-ops, i.e. oneDNN. A run-time kernel choice,
-    not a graph rewrite: PyTorch's dispatch sends a single-threaded fp32 1x1 convolution of one image to
-    its THNN kernel (``aten::_slow_conv2d_forward``), which is 4-5x slower than oneDNN's (64 -> 64
-    channels on a 96 x 96 channels-last map, one thread: 2.9 ms against 0.5 ms) and was about 40% of a
-    tiled BSRN run in one-CPU processes (Ray tasks, test workers). With more threads PyTorch already picks
-    oneDNN, so this costs nothing there; bf16 always goes to oneDNN."""
-    if not (
-        device.type == "cpu"
-        and dtype == torch.float32
-        and channels_last
-        and torch.backends.mkldnn.is_available()
-    ):
+def _route_plain_convs(rw: _Rewriter, dtype: torch.dtype, device: torch.device, channels_last: bool) -> int:
+    """Plain convolutions -> FusedConv2d without post-ops where PyTorch's own CPU kernel is the slow one.
+    A run-time kernel choice, not a graph rewrite:
+
+    - fp32 1x1: PyTorch's dispatch sends a single-threaded fp32 1x1 convolution of one image to its THNN
+      kernel (``aten::_slow_conv2d_forward``), 4-5x slower than oneDNN's (64 -> 64 channels on a 96 x 96
+      channels-last map, one thread: 2.9 ms against 0.5 ms), about 40% of a tiled BSRN run in one-CPU
+      processes (Ray tasks, test workers). With more threads PyTorch already picks oneDNN; bf16 always does.
+    - fp16, every conv: FusedConv2d's fp32 kernel on the fp16 values (see FusedConv2d.finalize).
+    """
+    if device.type != "cpu":
         return 0
+    onednn_1x1 = dtype == torch.float32 and channels_last and torch.backends.mkldnn.is_available()
     count = 0
     for node in list(rw.graph.nodes):
         conv = rw.conv(node, plain=True)
-        if conv is None or tuple(conv.kernel_size) != (1, 1) or conv.groups != 1:
+        if conv is None:
             continue
-        if tuple(conv.stride) != (1, 1) or tuple(conv.padding) != (0, 0):
-            continue
-        rw.fused(node)
-        count += 1
+        pointwise = (
+            tuple(conv.kernel_size) == (1, 1)
+            and conv.groups == 1
+            and tuple(conv.stride) == (1, 1)
+            and tuple(conv.padding) == (0, 0)
+        )
+        if (onednn_1x1 and pointwise) or dtype == torch.float16:
+            rw.fused(node)
+            count += 1
     return count
 
 
@@ -1275,7 +1292,7 @@ def optimize_for_inference(
         # whole, channels-last pays in bf16 too (FDIWN x4: 2.19x plain against 1.78x NCHW).
         channels_last = device.type != "mps" and not _reshapes_channels(gm)
     report["channels_last"] = channels_last
-    report["onednn_pointwise"] = _route_pointwise_to_onednn(rw, dtype, device, channels_last)
+    report["routed_convs"] = _route_plain_convs(rw, dtype, device, channels_last)
     # Other convs left without post-ops stay nn.Conv2d: PyTorch's own dispatch (oneDNN, or im2col + GEMM for
     # small fp32 convs) is as fast or faster for them (FDIWN's 24-channel convs: 1.3x faster in fp32).
     for node in gm.graph.nodes:

@@ -623,3 +623,65 @@ def test_bf16_on_cpu_takes_channels_last_where_rewrites_allow_it():
     assert kept.report["channels_last"] is False  # the copy-making reshape stays: NCHW, as in fp32
     with torch.no_grad():
         assert (bf16(x).float() - net(x)).abs().max() < 0.05
+
+
+# ------------------------------------------------------------------------------------ run-time kernels
+class _PointwiseNet(nn.Module):
+    """3x3 conv, then plain 1x1 convs (no post-op to fuse), then a pixel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 16, 3, padding=1)
+        self.mix = nn.Conv2d(16, 16, 1)
+        self.out = nn.Conv2d(16, 12, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.out(self.mix(self.head(x)) + self.head(x)), 2)
+
+
+def _kernels(fast: FastModule, x: torch.Tensor) -> set[str]:
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fast(x)
+    return {e.key for e in prof.key_averages()}
+
+
+def test_single_threaded_fp32_1x1_convs_avoid_pytorchs_slow_kernel() -> None:
+    """With one thread PyTorch runs an fp32 1x1 conv of one image on its THNN kernel, 4-5x slower than
+    oneDNN's: the fast path routes those convs to oneDNN, with the same output."""
+    torch.manual_seed(0)
+    net = _PointwiseNet().eval()
+    # Over 20480 input values: PyTorch's own rule keeps smaller 3x3 convs (the head) on THNN too.
+    x = torch.rand(1, 3, 96, 100)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fast = optimize_for_inference(net, example=x)
+        assert fast.report["routed_convs"] >= 1
+        _check_equal(net, fast, x)
+        assert "aten::_slow_conv2d_forward" not in _kernels(fast, x)
+        # The routing is what keeps it off THNN: without it the same graph hits the slow kernel.
+        plain_routes = optimize_for_inference(net, example=x, channels_last=True)
+        for m in plain_routes.body.modules():
+            if isinstance(m, FusedConv2d) and m.act.attr == "none" and m.binary is None:
+                m.onednn = False
+        assert "aten::_slow_conv2d_forward" in _kernels(plain_routes, x)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_fp16_convs_run_in_fp32_on_fp16_values() -> None:
+    """CPU fp16: every conv computes in fp32 on the fp16 values and rounds back (PyTorch's own CPU fp16
+    kernel is ~10x slower and accumulates in fp32 too); the result matches a plain fp16 run to fp16
+    rounding and is fp16."""
+    torch.manual_seed(1)
+    net = _PointwiseNet().eval()
+    x = torch.rand(1, 3, 24, 20)
+    fast = optimize_for_inference(net, dtype=torch.float16, example=x)
+    convs = [m for m in fast.body.modules() if isinstance(m, FusedConv2d)]
+    assert convs and all(m.upcast for m in convs)
+    assert not any(type(m) is nn.Conv2d for m in fast.body.modules())
+    with torch.no_grad():
+        out = fast(x)
+        ref = net.half()(x.half().contiguous(memory_format=torch.channels_last))
+    assert out.dtype == torch.float16
+    assert (out.float() - ref.float()).abs().max().item() < 2e-3
