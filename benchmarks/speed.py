@@ -734,8 +734,13 @@ def roofline_cells(r: Row) -> list[str]:
     ]
 
 
-def fmt_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+def fmt_table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None
+) -> str:
+    """A Markdown table (no trailing newline); ``align``: one separator cell per column (``---``, ``--:``).
+    The one formatter of the benchmarks and of scripts/gen_docs.py's generated docs tables."""
+    separators = list(align) if align is not None else ["---"] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(separators) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 

@@ -128,10 +128,8 @@ def _default_records(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _table(header: list[str], rows: Iterable[list[str]], align: list[str] | None = None) -> str:
-    align = align or ["---"] * len(header)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """A Markdown table block: the benchmarks' own formatter (benchmarks/speed.py), one trailing newline."""
+    return _speed_module().fmt_table(header, rows, align) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -998,6 +996,8 @@ def render(text: str, page: Path) -> str:
 
 
 def _script_module(name: str, path: Path) -> Any:
+    if name in sys.modules:  # each script runs once per process (its tables are built many times)
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
