@@ -31,15 +31,8 @@ from lightsr._planner import Plan as _Plan
 from lightsr._runner import Progress as _Progress
 from lightsr._runner import is_oom as _is_oom  # noqa: F401
 from lightsr._runner import run_retrying
-from lightsr._tiling import (
-    RowSink,
-    TileRegion,
-    TileStatistics,
-    count_image_reductions,
-    padded_length,
-    resize_sources,
-    tiled_apply,
-)
+from lightsr._tilestats import TileStatistics, count_image_reductions, resize_sources
+from lightsr._tiling import RowSink, TileRegion, padded_length, tiled_apply
 from lightsr._weights import identify_checkpoint, load_into, load_weights_file
 from lightsr._zoo import ModelDescriptor, check_scale, describe
 from lightsr.errors import CheckpointError, DeviceError, InputError

@@ -443,7 +443,7 @@ def test_zoo_model_fp32_fast_path_matches_plain(zoo_module, bench_dir, monkeypat
     x = _input_for(up.descriptor, bench_dir)
     _check_equal(up.module, fast, x)
     # Tiled runs replay whole-image statistics by call order: the reductions must be the plain module's.
-    from lightsr._tiling import count_image_reductions
+    from lightsr._tilestats import count_image_reductions
 
     with torch.no_grad():
         assert count_image_reductions(fast, x) == count_image_reductions(up.module, x)
@@ -535,7 +535,7 @@ def test_channel_affine_matches_the_broadcast_formula(dtype, layout, batch_stats
 def test_tile_statistics_capture_sees_the_plain_modules_reductions(monkeypatch, net):
     """The engine's tiled runs gather and replay whole-map reductions through a TorchFunctionMode
     (lightsr._tiling); under it the fast path must make the same reductions as the plain module."""
-    from lightsr._tiling import count_image_reductions
+    from lightsr._tilestats import count_image_reductions
 
     monkeypatch.setattr(_fastpath, "_STAT_CHUNK", 16)
     monkeypatch.setattr(_fastpath, "_chunked_stats_pay", lambda: True)

@@ -18,6 +18,7 @@ LAYERS = {
     "lightsr._hub": 4,
     "lightsr._image": 5,
     "lightsr._tiling": 5,
+    "lightsr._tilestats": 5,  # whole-image statistics and resize replay inside tiled runs
     "lightsr._fastpath": 5,
     "lightsr._backends": 5,
     "lightsr._planner": 5,  # what a call runs (options, whole or tiles): plain functions, no network

@@ -290,7 +290,7 @@ class _StatNet(torch.nn.Module):
 
 
 def _tiled_with_stats(fn, x, passes, **kw):
-    from lightsr._tiling import TileStatistics
+    from lightsr._tilestats import TileStatistics
 
     stats = TileStatistics()
 
@@ -312,7 +312,7 @@ def _tiled_with_stats(fn, x, passes, **kw):
 
 
 def test_count_image_reductions():
-    from lightsr._tiling import count_image_reductions
+    from lightsr._tilestats import count_image_reductions
 
     assert count_image_reductions(_StatNet(), torch.rand(1, 3, 12, 12, dtype=torch.float64)) == 8
     assert count_image_reductions(_local_net(2), torch.rand(1, 3, 12, 12, dtype=torch.float64)) == 0
@@ -342,7 +342,8 @@ def test_statistics_passes_make_tiles_equal_the_whole_image(multiple):
 
 
 def test_statistics_are_kept_per_image_and_only_for_committed_samples():
-    from lightsr._tiling import TileRegion, TileStatistics
+    from lightsr._tilestats import TileStatistics
+    from lightsr._tiling import TileRegion
 
     stats = TileStatistics()
     x = torch.stack([torch.full((3, 4, 4), 1.0), torch.full((3, 4, 4), 3.0)]).double()
@@ -385,14 +386,14 @@ def _esa_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def test_resize_sources_reports_each_resize_input_size():
-    from lightsr._tiling import resize_sources
+    from lightsr._tilestats import resize_sources
 
     assert resize_sources(_esa_like, torch.empty(1, 3, 100, 70, device="meta")) == [(16, 11)]
     assert resize_sources(_local_net(2), torch.empty(1, 3, 10, 10, dtype=torch.float64)) == []
 
 
 def test_resize_index_matches_torch_interpolate():
-    from lightsr._tiling import _resize_index
+    from lightsr._tilestats import _resize_index
 
     src = torch.rand(1, 1, 7, 1, dtype=torch.float64)
     full = F.interpolate(src, size=(45, 1), mode="bilinear", align_corners=False)[0, 0, :, 0]
@@ -403,7 +404,7 @@ def test_resize_index_matches_torch_interpolate():
 
 @pytest.mark.parametrize("size,batch", [((100, 70), 1), ((61, 97), 3)])
 def test_whole_image_resize_geometry_makes_tiles_equal_the_whole_image(size, batch):
-    from lightsr._tiling import TileStatistics, resize_sources
+    from lightsr._tilestats import TileStatistics, resize_sources
 
     x = torch.rand(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     whole = _esa_like(x)
@@ -433,7 +434,8 @@ def test_whole_image_resize_replay_keeps_channels_last_and_reduced_precision():
     """The replayed resize on a bf16 channels-last batch of two windows: each window equals the
     matching crop of PyTorch's own whole-image resize (float64), to bf16 rounding, and the result
     keeps the input's dtype and memory format (the fast path runs channels-last)."""
-    from lightsr._tiling import TileRegion, TileStatistics
+    from lightsr._tilestats import TileStatistics
+    from lightsr._tiling import TileRegion
 
     gen = torch.Generator().manual_seed(3)
     coarse = torch.rand(1, 5, 20, 15, dtype=torch.float64, generator=gen).bfloat16().double()
