@@ -356,30 +356,20 @@ def tiled_apply(
         if not assemble:
             continue
         y = _checked(y, windows, s).to(device=x.device, dtype=out_dtype)
-        if bands is not None:
-            for k, t in enumerate(group):
-                band, top = bands.band_for(t, y.shape[1], wp * s, out_dtype, x.device)
-                oy0, oy1 = (t.ys.core0 - t.ys.fade0) * s, (t.ys.core1 + t.ys.fade1) * s
-                ox0, ox1 = (t.xs.core0 - t.xs.fade0) * s, (t.xs.core1 + t.xs.fade1) * s
-                piece = y[
-                    k, :, oy0 - t.ys.in0 * s : oy1 - t.ys.in0 * s, ox0 - t.xs.in0 * s : ox1 - t.xs.in0 * s
-                ]
-                target = band[:, oy0 - top : oy1 - top, ox0:ox1]
-                if faded:
-                    target.lerp_(piece, _lerp_weight(t.ys, t.xs, s).to(device=x.device, dtype=out_dtype))
-                else:
-                    target.copy_(piece)
-            del y, windows
-            continue
-        if out is None:
+        if bands is None and out is None:
             # The padded canvas; the padding is cropped at the end. Every pixel is first written by
             # a tile with lerp weight 1, so the initial zeros never leak into the result.
             out = torch.zeros(n_img, y.shape[1], hp * s, wp * s, dtype=out_dtype, device=x.device)
         for k, t in enumerate(group):
+            if bands is not None:  # one row of tiles at a time (see _Bands)
+                canvas, top = bands.band_for(t, y.shape[1], wp * s, out_dtype, x.device)
+            else:
+                assert out is not None
+                canvas, top = out[t.index], 0
             oy0, oy1 = (t.ys.core0 - t.ys.fade0) * s, (t.ys.core1 + t.ys.fade1) * s
             ox0, ox1 = (t.xs.core0 - t.xs.fade0) * s, (t.xs.core1 + t.xs.fade1) * s
             piece = y[k, :, oy0 - t.ys.in0 * s : oy1 - t.ys.in0 * s, ox0 - t.xs.in0 * s : ox1 - t.xs.in0 * s]
-            target = out[t.index, :, oy0:oy1, ox0:ox1]
+            target = canvas[:, oy0 - top : oy1 - top, ox0:ox1]
             if faded:
                 target.lerp_(piece, _lerp_weight(t.ys, t.xs, s).to(device=x.device, dtype=out_dtype))
             else:

@@ -9,7 +9,9 @@ skipped, with the reason, so the rest of the suite still runs on a bare checkout
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +49,34 @@ def weights_dir() -> Path:
 def bench_dir() -> Path:
     _require_shared()
     return BENCH_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-input tests (restored afterwards): small inputs through small
+    nets are thousands of tiny ops, and on the shared 2-core machine a second OpenMP thread cost 10-100x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def upstream(weights_dir: Path) -> Callable[[str], dict[str, Any]]:
+    """Upstream (official) state dicts by file name, each read once per module; callers copy before
+    mutating."""
+    from lightsr._weights import read_upstream
+
+    cache: dict[str, dict[str, Any]] = {}
+
+    def get(filename: str) -> dict[str, Any]:
+        if filename not in cache:
+            cache[filename] = read_upstream(weights_dir / filename)
+        return cache[filename]
+
+    return get
 
 
 @pytest.fixture(autouse=True)

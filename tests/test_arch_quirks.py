@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,33 +25,14 @@ import torch.nn.functional as F
 
 import lightsr
 from lightsr._api import convert_checkpoint
-from lightsr._weights import read_safetensors, read_upstream
+from lightsr._weights import read_safetensors
 from lightsr._zoo import find_record
 from lightsr.archs import bsrn, carn, fdiwn, imdn, pan, rfdn, rlfn, safmn, span
 from lightsr.errors import CheckpointError, UnsupportedScaleError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny inputs through small nets are thousands of small ops: on the shared 2-core machine a second
-    # OpenMP thread cost 10-100x here (measured). Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def upstream(weights_dir: Path) -> Callable[[str], dict[str, torch.Tensor]]:
-    """Upstream state dicts by file name, each read once per module (callers copy before mutating)."""
-    cache: dict[str, dict[str, torch.Tensor]] = {}
-
-    def get(filename: str) -> dict[str, torch.Tensor]:
-        if filename not in cache:
-            cache[filename] = read_upstream(weights_dir / filename)
-        return cache[filename]
-
-    return get
+# One torch thread for this module (tests/conftest.py says why); the upstream state dicts are
+# conftest's ``upstream`` fixture.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(weights_dir: Path, name: str, scale: int, filename: str) -> lightsr.Upscaler:

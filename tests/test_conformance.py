@@ -19,7 +19,7 @@ Family-specific behaviour (weight-norm folding, CARN's shared heads, ...) is tes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import lightsr
-from lightsr._weights import read_safetensors, read_upstream
+from lightsr._weights import read_safetensors
 from lightsr._zoo import records
 from lightsr.archs import FAMILIES, get_family
 from lightsr.errors import CheckpointError
@@ -64,27 +64,9 @@ def _expected_match(record: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Small inputs through small nets are thousands of tiny ops: on the shared 2-core machine a second
-    # OpenMP thread cost 10-100x here (measured in the old per-family files). Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def upstream(weights_dir: Path) -> Callable[[str], dict[str, torch.Tensor]]:
-    """Upstream state dicts by file name, each read once per module (callers must not mutate them)."""
-    cache: dict[str, dict[str, torch.Tensor]] = {}
-
-    def get(filename: str) -> dict[str, torch.Tensor]:
-        if filename not in cache:
-            cache[filename] = read_upstream(weights_dir / filename)
-        return cache[filename]
-
-    return get
+# One torch thread for this module (tests/conftest.py says why); the upstream state dicts are
+# conftest's ``upstream`` fixture.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
