@@ -609,6 +609,28 @@ def tiling_overhead(
     return statistics.median(times["whole"]), statistics.median(times["tiled"]), plan
 
 
+def folder_overhead(
+    case: Case, device: torch.device, rounds: int, shared: Path, count: int = 20, seed: int = 0
+) -> tuple[float, float, list[tuple[int, int]]]:
+    """Seconds for a folder of ``count`` uint8 RGB photos of mixed sizes (sides 256-1500 px, drawn with
+    ``seed``), each upscaled whole vs. with the default tiling; (whole, tiled, sizes). Each photo's two
+    calls run interleaved, ``rounds`` times, and each side's median counts."""
+    up = load(case, "auto", device)
+    rng = np.random.default_rng(seed)
+    sizes = [(int(rng.integers(256, 1501)), int(rng.integers(256, 1501))) for _ in range(count)]
+    whole = tiled = 0.0
+    for h, w in sizes:
+        img = (natural_lr(shared, h, w)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        fns = {
+            "whole": lambda img=img: up.upscale(img, tile_size=None),
+            "tiled": lambda img=img: up.upscale(img),
+        }
+        times = time_interleaved(fns, rounds, warmup=0, device=device)
+        whole += statistics.median(times["whole"])
+        tiled += statistics.median(times["tiled"])
+    return whole, tiled, sizes
+
+
 # ------------------------------------------------------------------------------------------ memory
 # The child reports its own peak: the kernel's ru_maxrss of a child also counts the memory it shared
 # with this (large) benchmark process between fork and exec, which once reported 2.8 GB for a run
@@ -975,6 +997,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             "whole_s": round(whole, 3),
             "tiled_s": round(tiled, 3),
             "plan": str(plan),
+        }
+        print(flush=True)
+        print("\n## Tiling overhead over a folder (20 uint8 RGB photos, sides 256-1500 px, precision auto)\n")
+        f_whole, f_tiled, sizes = folder_overhead(case, device, 2, args.shared)
+        print(
+            fmt_table(
+                ["model", "whole s", "default tiling s", "overhead", "photos"],
+                [
+                    (
+                        case.label,
+                        f"{f_whole:.2f}",
+                        f"{f_tiled:.2f}",
+                        f"{100 * (f_tiled / f_whole - 1):+.1f}%",
+                        (
+                            f"{len(sizes)}, {min(h * w for h, w in sizes) / 1e6:.2f}-"
+                            f"{max(h * w for h, w in sizes) / 1e6:.2f} MP"
+                        ),
+                    )
+                ],
+            )
+        )
+        extra["folder_overhead"] = {
+            "model": case.label,
+            "sizes": sizes,
+            "whole_s": round(f_whole, 3),
+            "tiled_s": round(f_tiled, 3),
         }
         print(flush=True)
 

@@ -52,8 +52,9 @@ GATHER_PASSES = 2
 # issue 19); the share leaves room for the result, the input and other programs.
 CPU_BUDGET_BYTES = 1 << 30
 CPU_AVAILABLE_FRACTION = 0.25
-# Only networks whose tiles need whole-image statistics (three passes per tile) run whole above the tile
-# budget, and never above this: it keeps every CPU run of a 1500 x 1500 x4 image in tiles of the fixed
+# Only networks whose tiles cost more than their padding (whole-image statistics: three passes per tile;
+# ESA resize replay on an engine backend: the tiles run on eager torch, rfdn x4 bf16 at 1024x1024 LR
+# +47% over the whole image on OpenVINO) run whole above the tile budget, and never above this: it keeps every CPU run of a 1500 x 1500 x4 image in tiles of the fixed
 # budget (issue 19's CLI peak below 1.2 GB), since such an image needs more than this in every zoo network.
 CPU_WHOLE_IMAGE_MAX_BYTES = 4 << 30
 # LR pixels per network call on a CPU in bf16/fp16 when tiles cost nothing extra (no whole-image
@@ -228,16 +229,17 @@ def _memory_budget(device: torch.device) -> int:
     return CPU_BUDGET_BYTES
 
 
-def _whole_image_budget(device: torch.device, gather_passes: bool) -> int:
+def _whole_image_budget(device: torch.device, costly_tiles: bool) -> int:
     """Bytes of activations a single image may use to run whole under ``tile_size='auto'``.
 
-    On a CPU, for networks whose tiles need whole-image statistics (``gather_passes``: tiling costs them
-    two extra passes), a share of the memory available now, within [tile budget,
-    CPU_WHOLE_IMAGE_MAX_BYTES]. Everything else: the tile budget (:func:`_memory_budget`), which also
-    bounds every tile, so the peak of large images stays fixed.
+    On a CPU, where tiling costs more than its padding (``costly_tiles``: whole-image statistics cost
+    two extra passes; tiles that replay the ESA resize grid leave an engine backend for eager torch), a
+    share of the memory available now, within [tile budget, CPU_WHOLE_IMAGE_MAX_BYTES]. Everything else:
+    the tile budget (:func:`_memory_budget`), which also bounds every tile, so the peak of large images
+    stays fixed.
     """
     budget = _memory_budget(device)
-    if device.type != "cpu" or not gather_passes:
+    if device.type != "cpu" or not costly_tiles:
         return budget
     available = _image.available_memory()
     if available is None:
@@ -519,7 +521,8 @@ class Upscaler:
         whole_px = (
             budget_px
             if self._plain_tiles
-            else _whole_image_budget(self.device, bool(self._image_reductions)) // per_px
+            else _whole_image_budget(self.device, bool(self._image_reductions) or self._backend is not None)
+            // per_px
         )
         if capped and self.dtype == torch.float32:
             budget_px = min(budget_px, CPU_FP32_TILE_PIXELS)

@@ -324,3 +324,23 @@ def test_cli_backend_flag(backend: str, weights_dir: Path, tmp_path: Path) -> No
         check=False,
     )
     assert bad.returncode == 2 and "--backend" in bad.stderr
+
+
+def test_esa_tiles_that_would_leave_the_engine_run_whole_when_memory_allows(weights_dir, monkeypatch):
+    """Issue 19: rfdn's tiles replay the ESA resize grid, which only eager torch can do, so on an engine
+    backend a tiled 1024x1024 run left the engine (+47% over the whole-image call). On an engine such an
+    image runs whole within the larger whole-image budget; on torch (where tiles cost only their padding
+    and the replay) and above that budget it still tiles."""
+    _engine_or_skip("onnxruntime")
+    from lightsr import _engine
+
+    on_engine = _load(weights_dir, "rfdn", 4, "onnxruntime")
+    on_torch = _load(weights_dir, "rfdn", 4, "torch")
+    need = 800 * 800 * _engine._bytes_per_lr_pixel(on_engine.module, on_engine.dtype, 4)
+    assert _engine.CPU_BUDGET_BYTES < need < _engine.CPU_WHOLE_IMAGE_MAX_BYTES
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 8 * need)
+    assert on_engine._plan(800, 800, 1, "auto", 24, None).tile is None  # fp32 here: bf16 fits 1024x1024
+    assert on_torch._plan(800, 800, 1, "auto", 24, None).tile is not None
+    assert on_engine._plan(1500, 1500, 1, "auto", 24, None).tile is not None  # the CLI's 1500x1500 peak
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: None)  # unknown: the fixed budget
+    assert on_engine._plan(800, 800, 1, "auto", 24, None).tile is not None
