@@ -440,10 +440,7 @@ def engine_fns(
             ov16 = _backends.OpenVINOBackend(graph, bf16=True)
             fns["OV bf16"] = lambda: ov16(x)
     with torch.inference_mode():
-        # OpenVINO compiles for a shape on its second call (the first runs its dynamic-shape model), so
-        # two untimed calls here: no timed call includes a compile.
-        for fn in fns.values():
-            fn()
+        for fn in fns.values():  # OpenVINO compiles for the shape here, so no timed call includes it
             fn()
     return fns
 
@@ -484,10 +481,9 @@ def bench_case(
         upauto = load(case, "auto", device)
         fns["up fp32"] = lambda: up32.upscale(x)
         fns["up auto"] = lambda: upauto.upscale(x)
-        # An engine backend compiles for a recurring input shape on its second call (OpenVINO: 1-4 s), as
-        # the engines below do before timing: those calls are made here, untimed, so no timing holds one.
+        # An engine backend compiles for each new input shape on its first call (OpenVINO: 1-4 s), as the
+        # engines below do before timing: that call is made here, untimed, so no variant's timings hold it.
         with torch.inference_mode():
-            upauto.upscale(x)
             upauto.upscale(x)
     if engines:
         fns.update(engine_fns(plain, desc, x, device))

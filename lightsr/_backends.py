@@ -38,15 +38,10 @@ logger = logging.getLogger("lightsr")
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 OPSET = 17
-# Compiled OpenVINO models kept per Upscaler, one per input shape (N, 3, H, W), for shapes that recur (the
-# windows of a tiled run: one shape plus a smaller last batch); a shape's first call runs on one
-# dynamic-shape compilation instead, so a folder of differently sized photos compiles nothing per photo.
-# Measured (EPYC, 2 threads, bf16, 320 x 180): the dynamic model runs within 0.87-1.09x the per-shape one on
-# the records backend='auto' picks OpenVINO for, after a 0.1-0.9 s compile once instead of per size, but
-# 1.5x slower on FDIWN x4 (not picked). The bound caps memory (each compiled model holds its buffers:
-# ~10-60 MB for these networks).
+# Compiled OpenVINO models kept per Upscaler, one per input shape (N, 3, H, W). Tiled runs use one window
+# shape (plus a smaller last batch), so a few cover a large image; the bound caps memory over a folder of
+# differently sized photos (each compiled model holds its own buffers: ~10-60 MB for these networks).
 OV_CACHE_SIZE = 4
-OV_SEEN_SHAPES = 256
 
 _EXTRAS = {
     "onnx": "onnxruntime",
@@ -222,12 +217,10 @@ class OnnxRuntimeBackend:
 
 
 class OpenVINOBackend:
-    """Runs the graph with OpenVINO on the CPU, in fp32 or bf16.
+    """Runs the graph with OpenVINO on the CPU, in fp32 or bf16, compiled once per input shape.
 
-    A shape's first call runs on one dynamic-shape compilation of the graph (compiled on first use); a
-    shape seen again is compiled for itself and kept in an LRU cache of :data:`OV_CACHE_SIZE` shapes
-    (see there). Compiling is serialised by a lock, and every call gets its own infer request, so threads
-    may share the backend.
+    Compiled models are kept in an LRU cache of :data:`OV_CACHE_SIZE` shapes; compiling is serialised by a
+    lock, and every call gets its own infer request, so threads may share the backend.
     """
 
     name = "openvino"
@@ -252,27 +245,15 @@ class OpenVINOBackend:
         self.bf16 = bf16
         self.cache_size = max(1, int(cache_size))
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._seen: OrderedDict[tuple[int, ...], None] = OrderedDict()
-        self._dynamic: Any = None
         self._lock = threading.Lock()
-        self.compilations = 0  # how many shapes were compiled for themselves (tests and diagnostics)
-        self.dynamic_calls = 0  # calls run on the dynamic-shape compilation
+        self.compilations = 0  # how many shapes were compiled (tests and diagnostics)
 
     def compiled_for(self, shape: tuple[int, ...]) -> Any:
-        """The compiled model a call of ``shape`` runs on (see the class docstring)."""
         with self._lock:
             hit = self._compiled.get(shape)
             if hit is not None:
                 self._compiled.move_to_end(shape)
                 return hit
-            if shape not in self._seen:
-                self._seen[shape] = None
-                while len(self._seen) > OV_SEEN_SHAPES:
-                    self._seen.popitem(last=False)
-                if self._dynamic is None:
-                    self._dynamic = self._core.compile_model(self._model, "CPU", self._config)
-                self.dynamic_calls += 1
-                return self._dynamic
             model = self._model.clone()
             model.reshape({INPUT_NAME: list(shape)})
             compiled = self._core.compile_model(model, "CPU", self._config)

@@ -151,10 +151,7 @@ def test_openvino_shape_cache_is_a_bounded_lru(rtc_torch):
     model = _backends.onnx_model(rtc_torch.module, rtc_torch.descriptor).SerializeToString()
     ov = _backends.OpenVINOBackend(model, cache_size=2)
     shapes = [(1, 3, 20, 24), (1, 3, 24, 20), (2, 3, 20, 24)]
-    for shape in shapes:  # first calls: the one dynamic-shape compilation, nothing compiled per shape
-        ov(torch.rand(shape))
-    assert ov.compilations == 0 and ov.dynamic_calls == 3 and ov.cached_shapes == []
-    for shape in shapes:  # seen again: compiled for themselves, in a bounded LRU
+    for shape in shapes:
         ov(torch.rand(shape))
     assert ov.compilations == 3 and ov.cached_shapes == shapes[1:]
     ov(torch.rand(shapes[1]))  # a hit: no compile, becomes the most recent
@@ -167,22 +164,8 @@ def test_a_tiled_run_compiles_few_shapes(weights_dir, bench_dir):
     _engine_or_skip("openvino")
     up = _load(weights_dir, "imdn-rtc", 2, "openvino")
     up.upscale(_set5_crop(bench_dir, 2, 120, 150), tile_size=32, tile_pad=8, batch_size=4)
-    # All windows share one shape; only the last batch may hold fewer tiles (it may run dynamically).
+    # All windows share one shape; only the last batch may hold fewer tiles.
     assert 1 <= up._backend.compilations <= 2
-
-
-def test_photos_of_different_sizes_compile_nothing_per_photo_and_match_per_shape_runs(weights_dir, bench_dir):
-    """A folder of differently sized photos runs on the one dynamic-shape compilation (issue 19: OpenVINO
-    recompiled for every size), with the outputs a per-shape compilation gives."""
-    _engine_or_skip("openvino")
-    up = _load(weights_dir, "imdn-rtc", 2, "openvino")
-    crops = [_set5_crop(bench_dir, 2, 30 + 6 * i, 40 + 4 * i) for i in range(4)]
-    first = [up.upscale(x, tile_size=None) for x in crops]
-    assert up._backend.compilations == 0 and up._backend.dynamic_calls == 4
-    again = [up.upscale(x, tile_size=None) for x in crops]  # now compiled per shape
-    assert up._backend.compilations == 4
-    for a, b in zip(first, again, strict=True):
-        assert (a - b).abs().max().item() < 1e-5
 
 
 def test_openvino_threads_share_one_upscaler(weights_dir, bench_dir):
