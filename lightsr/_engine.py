@@ -54,8 +54,9 @@ CPU_BUDGET_BYTES = 1 << 30
 CPU_AVAILABLE_FRACTION = 0.25
 # Only networks whose tiles cost more than their padding (whole-image statistics: three passes per tile;
 # ESA resize replay on an engine backend: the tiles run on eager torch, rfdn x4 bf16 at 1024x1024 LR
-# +47% over the whole image on OpenVINO) run whole above the tile budget, and never above this: it keeps every CPU run of a 1500 x 1500 x4 image in tiles of the fixed
-# budget (issue 19's CLI peak below 1.2 GB), since such an image needs more than this in every zoo network.
+# +47% over the whole image on OpenVINO) run whole above the tile budget, and never above this: it keeps
+# every CPU run of a 1500 x 1500 x4 image in tiles of the fixed budget (issue 19's CLI peak below 1.2 GB),
+# since such an image needs more than this in every zoo network.
 CPU_WHOLE_IMAGE_MAX_BYTES = 4 << 30
 # LR pixels per network call on a CPU in bf16/fp16 when tiles cost nothing extra (no whole-image
 # statistics to gather): below the memory budget, because larger half-precision calls are slower
