@@ -496,16 +496,13 @@ class Upscaler:
         n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         plan = self._plan(h, w, n, options.tile_size, options.tile_pad, options.batch_size)
         with torch.inference_mode():
-            if sink is not None and n == 1:
-                y = self._run_retrying(x, plan, progress, sink)
-                if y is None:
-                    return None
-            elif plan.tile is None:
+            if plan.tile is None and sink is None:
                 parts = [self._run_retrying(chunk, plan, progress) for chunk in x.split(plan.batch)]
                 y = parts[0] if len(parts) == 1 else torch.cat(parts)  # type: ignore[list-item]
-            else:
-                y = self._run_retrying(x, plan, progress)
-            assert y is not None
+            else:  # tiled, or one image with a sink (a whole plan may still tile after out-of-memory)
+                y = self._run_retrying(x, plan, progress, sink)
+            if y is None:
+                return None
             return y.clamp_(0.0, 1.0).contiguous()
 
     def _plan(
