@@ -120,10 +120,22 @@ def synchronize(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------------------ timing
+# Seconds of idle before each timed call (see time_interleaved); far above the thread pools' spin time.
+SETTLE_S = 0.05
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, device: torch.device | None = None
 ) -> dict[str, list[float]]:
-    """Seconds per call of every function, one call of each per round (so load drifts hit all alike)."""
+    """Seconds per call of every function, one call of each per round (so load drifts hit all alike).
+
+    Every timed call starts from a settled machine: ``SETTLE_S`` of sleep first, because the thread pools
+    of the call before keep spinning for milliseconds after it returns (PyTorch's OpenMP workers, ONNX
+    Runtime's) and would slow whichever variant comes next (an OpenVINO call of 83 ms took 89 ms right
+    after one small parallel torch op, 82.5 ms 20 ms later). Odd rounds also run the functions in reverse
+    order, so that what else a call inherits from its neighbour (freshly freed memory) does not always
+    fall on the same variant.
+    """
     dev = device or torch.device("cpu")
     times: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
@@ -131,9 +143,10 @@ def time_interleaved(
             for fn in fns.values():
                 fn()
             synchronize(dev)
-        for _ in range(rounds):
-            for name, fn in fns.items():
+        for r in range(rounds):
+            for name, fn in list(fns.items())[:: -1 if r % 2 else 1]:
                 synchronize(dev)
+                time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
                 fn()
                 synchronize(dev)
@@ -364,6 +377,7 @@ class Row:
     # Seconds of torch.compile's compiling first call, or why it could not compile (None: not asked).
     compile_s: float | str | None = None
     bf16_ok: bool = True  # the record's bf16_safe trait
+    default_backend: str | None = None  # the backend 'up auto' (load_model's defaults) ran on
 
     def update_pct_peak(self, device: torch.device) -> None:
         """Each variant's achieved FLOP/s as a percentage of the (cached) conv peak of its width and dtype."""
@@ -380,6 +394,10 @@ PEERS = ("plain", *ENGINE_COLUMNS, "compile")
 def compile_fn(plain: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any] | None, float | str]:
     """``torch.compile`` of the plain module for ``x``'s shape: (call, seconds of the compiling first call),
     or (None, why) where Inductor cannot build here (it needs a C++ compiler on CPU)."""
+    # Every network of a family shares its forward's code object, and Dynamo's recompile limit (8) counts
+    # per code object: without a reset the later scales of a family silently ran eager (rlfn x4: "compile"
+    # at 0.95x plain, 0 s to compile, in the 2026-12-04 run).
+    torch._dynamo.reset()
     try:
         compiled = torch.compile(plain, dynamic=False)
         with torch.inference_mode():
@@ -547,6 +565,7 @@ def bench_case(
         dtypes=dtypes,
         compile_s=compile_s,
         bf16_ok=desc.traits.bf16_safe,
+        default_backend=upauto.backend if upscaler else None,
     )
     row.update_pct_peak(device)
     return row
@@ -736,12 +755,40 @@ def write_json(
                 out_rows[-1]["max_abs_diff"] = r.max_diff
             if variant == "fast auto" and r.dpsnr is not None:
                 out_rows[-1]["dpsnr_set5"] = round(r.dpsnr, 4)
+    # Every variant of every row (engines, up, compile included), for the per-CPU comparison tables of
+    # docs/performance.md; "rows" above keeps the shape make_figures.py reads.
+    comparison = []
+    for r in rows:
+        model, scale = r.label.split(" x")
+        vs = default_vs_best_peer(r.times, r.bf16_ok)
+        comparison.append(
+            {
+                "model": model,
+                "scale": int(scale),
+                "input": [r.lr[1], r.lr[0]],
+                "auto": r.auto,
+                "default_backend": r.default_backend,
+                "bf16_ok": r.bf16_ok,
+                "output_mp": round(r.out_mp, 4),
+                "ms": {k: round(1000 * statistics.median(v), 2) for k, v in r.times.items()},
+                "compile_s": round(r.compile_s, 1) if isinstance(r.compile_s, float) else r.compile_s,
+                "default_vs_best_peer": None
+                if vs is None
+                else {
+                    "median": round(vs[0], 3),
+                    "low": round(vs[1], 3),
+                    "high": round(vs[2], 3),
+                    "peer": vs[3],
+                },
+            }
+        )
     data = {
         "kind": "speed",
         "device": device,
         "machine": machine,
         "rounds": rounds,
         "rows": out_rows,
+        "comparison": comparison,
         **(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import warnings
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -212,8 +213,15 @@ class OnnxRuntimeBackend:
         self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        return torch.from_numpy(self._session.run([OUTPUT_NAME], {INPUT_NAME: arr})[0])
+        return torch.from_numpy(self._session.run([OUTPUT_NAME], {INPUT_NAME: _host_array(x)})[0])
+
+
+def _host_array(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a C-contiguous float32 numpy array; a tile window's copy made by numpy, not torch (a torch
+    copy leaves PyTorch's OpenMP threads spinning into the engine's call: see lightsr._image._checked_float).
+    """
+    t = x.detach().to(device="cpu", dtype=torch.float32)
+    return np.ascontiguousarray(t.numpy())
 
 
 class OpenVINOBackend:
@@ -269,7 +277,7 @@ class OpenVINOBackend:
             return list(self._compiled)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+        arr = _host_array(x)
         request = self.compiled_for(tuple(arr.shape)).create_infer_request()
         request.infer({0: arr})
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
@@ -331,30 +339,43 @@ def make_backend(
 # whose Set5 Y-PSNR stays within 0.02 dB of fp32 torch (the precision table of docs/tiling-and-precision.md,
 # benchmarks/quality.py --precision --backends). Records not listed, and engines that are not installed, run
 # on torch. Measured on an AMD EPYC with AVX512-BF16 (no AMX), 2 threads, benchmarks/speed.py --engines
-# --upscaler (2026-12-03): OpenVINO bf16 ran 1.04-1.6x lightsr's torch bf16 fast path on every bf16-safe
-# record it can run (Set5 -0.003..-0.013 dB), so those records are all listed. Left out: FDIWN x4, whose
-# OpenVINO model compiles for about 10 s per new input size (Set5's 5 sizes: 50 s against torch's 1-2 s of
-# arithmetic per image), so a folder of photos of mixed sizes would be slower; SAFMN, which has no
-# dynamic-shape ONNX graph. Only the bf16 entries are used (precision='auto' on CPUs with bf16 units). fp32
-# loads keep torch: the reference tests and figures are torch fp32, and OpenVINO/ONNX Runtime fp32 measured
-# level with lightsr's fp32 fast path on most records (0.8-1.1x), not ahead.
+# --upscaler (quiet machine, 2026-12-04; docs/performance.md has the run):
+# * bf16: OpenVINO bf16 ran 1.04-1.6x lightsr's torch bf16 fast path on every bf16-safe record it can run
+#   (Set5 -0.003..-0.013 dB). Left out: FDIWN x4, whose OpenVINO model compiles for about 10 s per new input
+#   size (Set5's 5 sizes: 50 s against torch's 1-2 s of arithmetic per image), so a folder of photos of
+#   mixed sizes would be slower; SAFMN, which has no dynamic-shape ONNX graph.
+# * fp32, used only when precision='auto' resolves to fp32 (a bf16-unsafe record, or a CPU without bf16
+#   units): the engine that ran at least 1.15x lightsr's torch fp32 path (Upscaler.upscale) and fastest of
+#   the two: OpenVINO on bsrn x2/x3/x4 (4.1x, 2.3x, 1.5x), carn-m x2/x3/x4 (2.9-3.4x), pan x2/x3/x4
+#   (1.6-1.9x), imdn x2/x3 (1.75x, 1.17x), rlfn x2 and rlfn-s x2 (1.7x); ONNX Runtime on imdn-rte x2 (1.47x,
+#   OpenVINO 1.35x). Their output stays within 1e-4 of torch fp32 and Set5 within 0.005 dB
+#   (tests/test_backends.py). Level or slower, so left on torch: rfdn x4 (1.12x), imdn x4 (1.09x),
+#   imdn-ntire22, rlfn x4, rlfn-s x4, rlfn-ntire, imdn-rtc, FDIWN, SPAN. An explicit precision='fp32'
+#   keeps torch: it is what the reference figures and the manifest's metrics are.
 MEASURED_FASTEST: dict[tuple[str, int], dict[str, str]] = {
-    (name, scale): {"bf16": "openvino"}
-    for name, scale in (
-        ("rfdn", 4),
-        ("imdn", 3),
-        ("imdn", 4),
-        ("imdn-rte", 2),
-        ("imdn-ntire22", 4),
-        ("rlfn", 4),
-        ("rlfn-ntire", 4),
-        ("bsrn", 4),
-        ("carn-m", 2),
-        ("carn-m", 3),
-        ("carn-m", 4),
-        ("pan", 3),
-        ("pan", 4),
-    )
+    # bf16-safe records: OpenVINO bf16 under bf16, OpenVINO fp32 (where measured faster) on CPUs without bf16.
+    **{
+        (name, scale): {"bf16": "openvino"}
+        for name, scale in (("rfdn", 4), ("imdn", 4), ("imdn-ntire22", 4), ("rlfn", 4), ("rlfn-ntire", 4))
+    },
+    **{
+        (name, scale): {"bf16": "openvino", "fp32": "openvino"}
+        for name, scale in (
+            ("imdn", 3),
+            ("bsrn", 4),
+            ("carn-m", 2),
+            ("carn-m", 3),
+            ("carn-m", 4),
+            ("pan", 3),
+            ("pan", 4),
+        )
+    },
+    ("imdn-rte", 2): {"bf16": "openvino", "fp32": "onnxruntime"},
+    # bf16-unsafe records: precision='auto' runs them in fp32.
+    **{
+        (name, scale): {"fp32": "openvino"}
+        for name, scale in (("imdn", 2), ("rlfn", 2), ("rlfn-s", 2), ("bsrn", 2), ("bsrn", 3), ("pan", 2))
+    },
 }
 
 
@@ -367,9 +388,18 @@ def installed(backend: str) -> bool:
 
 
 def resolve_backend(
-    backend: str, desc: ModelDescriptor, device: torch.device, dtype: torch.dtype, *, compile: bool = False
+    backend: str,
+    desc: ModelDescriptor,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    compile: bool = False,
+    precision: str = "auto",
 ) -> str:
     """The backend a load runs on: ``backend`` itself, or for 'auto' the measured choice (torch off the CPU).
+
+    ``precision`` is what the load asked for: the table's fp32 entries apply only when 'auto' resolved to
+    fp32, so an explicit ``precision='fp32'`` stays on torch (the reference figures' engine).
 
     Example:
         >>> from lightsr._zoo import describe
@@ -382,6 +412,6 @@ def resolve_backend(
         return backend
     if device.type != "cpu" or compile:
         return "torch"
-    label = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype)
+    label = {torch.float32: "fp32" if precision == "auto" else None, torch.bfloat16: "bf16"}.get(dtype)
     choice = MEASURED_FASTEST.get((desc.name, desc.scale), {}).get(label or "")
     return choice if choice is not None and installed(choice) else "torch"

@@ -20,9 +20,8 @@ them in the order they run:
     ``conv(x) * s`` with a constant scalar or per-channel ``s`` (learned residual scales) -> scaled weights.
 ``spatial_stats``
     ``m = x.mean((2, 3)); ((x - m) ** 2).mean((2, 3))`` (contrast-aware channel attention) and global
-    average pooling -> one chunked, cache-resident, fp32-accumulating pass (:func:`_spatial_mean_var`)
-    instead of four full-size passes with, in bf16, full-size fp32 copies (single-threaded only; with
-    more threads the plain ops are kept, see :func:`_chunked_stats_pay`).
+    average pooling -> :func:`_spatial_mean_var` / :func:`_spatial_mean`: the same values as the plain
+    ops, with the subtraction through :func:`channel_affine` and the square in place.
 ``split_conv``
     ``torch.split(act(conv(x)), sizes, dim=1)`` (IMDN's distillation) -> one convolution per part, so
     each part is dense in channels-last instead of a strided slice the next convolution must copy; only
@@ -76,10 +75,6 @@ __all__ = [
     "optimize_for_inference",
     "shuffle_channels",
 ]
-
-# Rows (pixels) of a channels-last map reduced at once by the statistics helpers: 512 px x 64 ch in fp32
-# is 128 KB, inside a core's L2, so each chunk is read from memory once and then worked on in cache.
-_STAT_CHUNK = 512
 
 
 # --------------------------------------------------------------------------------------- activations
@@ -552,25 +547,17 @@ def _observed() -> bool:
     return bool(probe()) if probe is not None else False
 
 
-def _chunked_stats_pay() -> bool:
-    """Whether the chunked statistics beat the plain four-op formulation here: with one intra-op thread.
-
-    They make ~5 small ops per chunk. Single-threaded that is 4x faster than the plain ops (bf16 IMDN
-    map: 3.6 ms against 16 ms); with several threads each small op is a parallel region, and on a
-    loaded machine every region waits for a descheduled thread (measured: 0.4-2 s against 65 ms).
-    """
-    return torch.get_num_threads() == 1
-
-
 def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-channel mean and population variance over H and W, as N x C x 1 x 1 in ``x.dtype``.
 
-    Accumulates in fp32 whatever ``x.dtype`` is. A channels-last map is read once, in cache-sized
-    chunks: each chunk's mean and squared deviations are exact two-pass values, and the chunks are
-    combined with Chan's formula, so the result is as accurate as the two-pass
-    ``((x - mean) ** 2).mean()`` it replaces. Under an observing ``TorchFunctionMode`` it makes the
-    replaced calls instead (see :func:`_observed`); with several intra-op threads it makes them too,
-    but subtracts through :func:`channel_affine` and squares in place (see :func:`_chunked_stats_pay`).
+    Bit-identical to the plain ``m = x.mean((2, 3)); ((x - m) ** 2).mean((2, 3))`` it replaces, but the
+    difference goes through :func:`channel_affine` and is squared in place. Under an observing
+    ``TorchFunctionMode`` it makes the replaced calls themselves (see :func:`_observed`).
+
+    A chunked, cache-resident variant (one read of the map, Chan's formula) ran here single-threaded until
+    2026-12-04. Measured against this one at one thread (AMD EPYC, benchmarks' 1280x720 outputs): FDIWN
+    x4 bf16 14% slower, BSRN x4 bf16 11% faster, IMDN x2/x4 and IMDN-RTC within 6%; and its bf16 results
+    differed from the plain ops by up to 3e-2, so an image's output depended on the thread count. Removed.
 
     Example:
         >>> x = torch.rand(2, 3, 70, 90).contiguous(memory_format=torch.channels_last)
@@ -578,54 +565,20 @@ def _spatial_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> bool(torch.allclose(v, x.var(dim=(2, 3), unbiased=False, keepdim=True), atol=1e-6))
         True
     """
+    mean = x.mean(dim=(2, 3), keepdim=True)
     if _observed():
-        mean = x.mean(dim=(2, 3), keepdim=True)
         return mean, (x - mean).pow(2).mean(dim=(2, 3), keepdim=True)
-    if not _chunked_stats_pay():
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        # The difference through channel_affine: in bf16 channels-last PyTorch's broadcast subtraction
-        # is the slow part (24 x 240 x 427: 2.3 ms against 0.22 ms; the same values, as both round the
-        # fp32 difference once). Squaring it in place: one full-size map fewer to allocate and write
-        # (24 x 180 x 320 fp32: 0.56 ms against 0.83 ms; 64 channels: 2.7 against 4.1).
-        dev = channel_affine(x, None, -mean)
-        return mean, dev.mul_(dev).mean(dim=(2, 3), keepdim=True)
-    n, c, h, w = x.shape
-    hw = h * w
-    if hw > _STAT_CHUNK and x.is_contiguous(memory_format=torch.channels_last):
-        rows = x.permute(0, 2, 3, 1).reshape(n, hw, c)
-        means, m2s, counts = [], [], []
-        for part in rows.split(_STAT_CHUNK, dim=1):
-            pf = part.float()
-            pm = pf.mean(dim=1, keepdim=True)
-            d = pf - pm
-            m2s.append((d * d).sum(dim=1))
-            means.append(pm.squeeze(1))
-            counts.append(part.shape[1])
-        mean_k = torch.stack(means, dim=1)  # n x chunks x c
-        cnt = torch.tensor(counts, dtype=torch.float32, device=x.device).view(1, -1, 1)
-        mean = (mean_k * cnt).sum(dim=1) / hw
-        m2 = torch.stack(m2s, dim=1).sum(dim=1) + (cnt * (mean_k - mean.unsqueeze(1)) ** 2).sum(dim=1)
-        var = m2 / hw
-    else:
-        xf = x.float()
-        mean = xf.mean(dim=(2, 3))
-        var = (xf - mean[:, :, None, None]).pow(2).mean(dim=(2, 3))
-    return mean.to(x.dtype).view(n, c, 1, 1), var.to(x.dtype).view(n, c, 1, 1)
+    # The difference through channel_affine: in bf16 channels-last PyTorch's broadcast subtraction is the
+    # slow part (24 x 240 x 427: 2.3 ms against 0.22 ms; the same values, as both round the fp32
+    # difference once). Squaring it in place: one full-size map fewer to allocate and write (24 x 180 x
+    # 320 fp32: 0.56 ms against 0.83 ms; 64 channels: 2.7 against 4.1).
+    dev = channel_affine(x, None, -mean)
+    return mean, dev.mul_(dev).mean(dim=(2, 3), keepdim=True)
 
 
 def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """Per-image, per-channel mean over H and W as N x C x 1 x 1, accumulated in fp32, read in chunks."""
-    if _observed() or not _chunked_stats_pay():
-        return x.mean(dim=(2, 3), keepdim=True)
-    n, c, h, w = x.shape
-    hw = h * w
-    if hw > _STAT_CHUNK and x.is_contiguous(memory_format=torch.channels_last):
-        rows = x.permute(0, 2, 3, 1).reshape(n, hw, c)
-        total = torch.zeros(n, c, dtype=torch.float32, device=x.device)
-        for part in rows.split(_STAT_CHUNK, dim=1):
-            total += part.sum(dim=1, dtype=torch.float32)
-        return (total / hw).to(x.dtype).view(n, c, 1, 1)
-    return x.float().mean(dim=(2, 3), keepdim=True).to(x.dtype)
+    """Per-image, per-channel mean over H and W as N x C x 1 x 1: what ``AdaptiveAvgPool2d(1)`` gives."""
+    return x.mean(dim=(2, 3), keepdim=True)
 
 
 def _spatial_reduction(node: fx.Node, method: str) -> fx.Node | None:
@@ -671,11 +624,11 @@ def _square_of(node: fx.Node) -> Any:
 
 
 def _pass_spatial_stats(rw: _Rewriter) -> int:
-    """Global channel statistics (contrast-aware attention, global average pooling) in one chunked pass.
+    """Global channel statistics (contrast-aware attention, global average pooling) in one helper call.
 
     ``m = x.mean((2, 3), keepdim=True); v = ((x - m) ** 2).mean((2, 3), keepdim=True)`` becomes one
     :func:`_spatial_mean_var`; a lone spatial mean or ``AdaptiveAvgPool2d(1)`` becomes
-    :func:`_spatial_mean`. Both accumulate in fp32 (the bf16 originals round on the way).
+    :func:`_spatial_mean` (``x.mean``).
     """
     count, graph = 0, rw.graph
     for node in list(graph.nodes):

@@ -497,12 +497,12 @@ def _from_pil(im: Image.Image, *, max_pixels: int | None, budget: _Budget | None
             f"{source} is a mode 'I' image with values {arr.min()}..{arr.max()}; lightsr reads mode 'I' as "
             "16-bit (0..65535): rescale it into that range, or pass a float numpy array in 0..1"
         )
-    x = torch.from_numpy(arr.astype(np.float32))
-    x = x.reshape(im.height, im.width, channels).permute(2, 0, 1).unsqueeze(0)
+    a = arr.astype(np.float32)
+    if full_scale is not None:
+        np.divide(a, np.float32(full_scale), out=a)  # numpy, not torch: see _checked_float
+    x = torch.from_numpy(a).reshape(im.height, im.width, channels).permute(2, 0, 1).unsqueeze(0)
     if full_scale is None:
         x = _checked_float(x, source)
-    else:
-        x = x.div_(full_scale)
     info: dict[str, bytes] = {}
     if icc and _icc_matches(icc, channels):
         info["icc_profile"] = icc
@@ -574,8 +574,11 @@ def _from_numpy(arr: np.ndarray, max_pixels: int | None, budget: _Budget | None 
     # A broadcast or memory-mapped array may be far larger than the memory it holds now: count its copies.
     _check_memory(1, hwc.shape[0], hwc.shape[1], hwc.shape[2], size, budget, source, pil=False)
     # A fresh native float32 CxHxW copy: any byte order or strides in, nothing shared with the caller.
-    x = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=np.float32)).unsqueeze(0)
-    x = _checked_float(x, source) if kind == "f" else x.div_(255.0 if size == 1 else 65535.0)
+    chw = np.ascontiguousarray(hwc.transpose(2, 0, 1), dtype=np.float32)
+    if kind != "f":
+        np.divide(chw, np.float32(255.0 if size == 1 else 65535.0), out=chw)  # numpy: see _checked_float
+    x = torch.from_numpy(chw).unsqueeze(0)
+    x = _checked_float(x, source) if kind == "f" else x
     return _split(x, Restore(kind="numpy", channels=hwc.shape[2], dtype=arr.dtype, layout=layout))[0]
 
 
@@ -606,10 +609,22 @@ def _from_tensor(t: torch.Tensor, max_pixels: int | None, budget: _Budget | None
             x.shape[0], x.shape[2], x.shape[3], x.shape[1], t.element_size(), budget, source, pil=False
         )
     x = x.detach()
+    # On the CPU the copy and the scaling run in numpy where it has the dtype (bf16: torch): see
+    # _checked_float for why no torch op should run just before an engine's call.
+    host = t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES
     if t.dtype in (torch.uint8, torch.uint16):
-        x = x.to(torch.float32) / (255.0 if t.dtype == torch.uint8 else 65535.0)
+        full = 255.0 if t.dtype == torch.uint8 else 65535.0
+        if host:
+            x = torch.from_numpy(np.divide(x.numpy(), np.float32(full), dtype=np.float32))
+        else:
+            x = x.to(torch.float32) / full
     elif t.is_floating_point():
-        x = _checked_float(x.to(torch.float32, copy=True), source)
+        copy = (
+            torch.from_numpy(np.array(x.numpy(), dtype=np.float32))
+            if host
+            else x.to(torch.float32, copy=True)
+        )
+        x = _checked_float(copy, source)
     else:
         raise InputError(
             f"tensor dtype {t.dtype} is not supported; use a float tensor in 0..1 (e.g. t.float() / 255), "
@@ -636,11 +651,31 @@ def _refuse_unreadable_tensor(t: torch.Tensor) -> None:
         raise InputError(f"the tensor {what}")
 
 
+# Tensor dtypes whose CPU tensors numpy can view (torch.bfloat16 has no numpy twin).
+_NUMPY_DTYPES = (torch.uint8, torch.uint16, torch.float16, torch.float32, torch.float64)
+
+
 def _checked_float(x: torch.Tensor, source: str) -> torch.Tensor:
-    """Refuse NaN/inf and values clearly outside 0..1 (with the likely fix); clamp tiny overshoot."""
-    if not bool(torch.isfinite(x).all()):
-        raise InputError(f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first")
-    lo, hi = (float(v) for v in torch.aminmax(x))
+    """Refuse NaN/inf and values clearly outside 0..1 (with the likely fix); clamp tiny overshoot.
+
+    On the CPU this runs in numpy (single-threaded): after a parallel torch op, PyTorch's OpenMP threads
+    spin for milliseconds, and an inference engine called right after (OpenVINO, ONNX Runtime: their own
+    thread pools) shares the cores with them: measured +5.6 ms on an 83 ms OpenVINO call (rfdn x4,
+    2 cores). The values are the same either way.
+    """
+    if x.device.type == "cpu":
+        a = x.numpy()
+        if not np.isfinite(a).all():
+            raise InputError(
+                f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
+            )
+        lo, hi = float(a.min()), float(a.max())
+    else:
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(
+                f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
+            )
+        lo, hi = (float(v) for v in torch.aminmax(x))
     if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
         if hi > 255 + FLOAT_TOLERANCE:
             fix = "it looks like 16-bit data: divide by 65535"
@@ -651,6 +686,28 @@ def _checked_float(x: torch.Tensor, source: str) -> torch.Tensor:
         else:
             fix = "clip it to 0..1 (np.clip(x, 0, 1) or x.clamp(0, 1))"
         raise InputError(f"{source} has values {lo:.6g}..{hi:.6g}, but float images must be in 0..1; {fix}")
+    return clamp01_(x)
+
+
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    """``x.contiguous()``, copied by numpy for a CPU float32 tensor (see :func:`_checked_float` for why):
+    a channels-last input (a permuted HWC array) is copied here, right before the network's first call."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.is_contiguous():
+        return torch.from_numpy(np.ascontiguousarray(x.numpy()))
+    return x.contiguous()
+
+
+def clamp01_(x: torch.Tensor) -> torch.Tensor:
+    """``x.clamp_(0, 1)``, in numpy for a CPU float32 tensor (see :func:`_checked_float` for why).
+
+    Example:
+        >>> clamp01_(torch.tensor([-0.5, 0.25, 2.0])).tolist()
+        [0.0, 0.25, 1.0]
+    """
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        a = x.numpy()
+        np.clip(a, 0.0, 1.0, out=a)
+        return x
     return x.clamp_(0.0, 1.0)
 
 
@@ -660,8 +717,8 @@ def _split(x: torch.Tensor, restore: Restore) -> list[Prepared]:
     alpha = x[:, x.shape[1] - 1 :] if x.shape[1] in (2, 4) else None
     return [
         Prepared(
-            rgb=colour[i : i + 1].contiguous(),
-            alpha=None if alpha is None else alpha[i : i + 1].contiguous(),
+            rgb=_contiguous(colour[i : i + 1]),
+            alpha=None if alpha is None else _contiguous(alpha[i : i + 1]),
             restore=restore,
         )
         for i in range(x.shape[0])
@@ -719,7 +776,7 @@ def finish(
             y[:, :3].copy_(sr)
     if has_alpha:
         y[:, -1:].copy_(alpha_sr.detach())
-    y.clamp_(0.0, 1.0)
+    clamp01_(y)
     if restore.kind == "tensor":
         return _to_tensor(y, restore)
     if restore.kind == "numpy":

@@ -26,6 +26,7 @@ tiling-table         benchmarks/results/tiling.json (shape in ``TILING_SHAPE``),
 precision-table      benchmarks/results/precision.json (shape in ``PRECISION_SHAPE``), when it exists
 performance-summary  docs/performance.md and docs/images/psnr_vs_speed.png, when they exist
 speed-table          benchmarks/results/speed.json (shape in ``SPEED_SHAPE``), when it exists
+engine-comparison    benchmarks/results/peers/*.json (their ``comparison``): one table per CPU model measured
 ===================  ========================================================================================
 
 The check also compares the records in docs/images/figures.json (written by scripts/make_figures.py) with
@@ -944,6 +945,85 @@ def gen_speed_table(page: Path) -> str:
     return "\n".join(out)
 
 
+PEER_COLUMNS = ("plain", "ORT fp32", "OV fp32", "OV bf16", "compile")
+
+
+def _rate_cell(row: dict[str, Any], variant: str) -> str:
+    """Output megapixels per second of one variant of a comparison row, and its speed-up over plain."""
+    ms = row["ms"]
+    if variant not in ms:
+        return "–"
+    return f"{row['output_mp'] * 1000 / ms[variant]:.2f} ({ms['plain'] / ms[variant]:.2f}x)"
+
+
+def gen_engine_comparison(page: Path) -> str:
+    """One table per CPU model measured: lightsr's default against every engine a user could pick."""
+    files = sorted((RESULTS / "peers").glob("*.json"))
+    if not files:
+        return _pending("the engine comparisons", SPEED_SHAPE, "peers/<cpu>.json")
+    out = []
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rows = data.get("comparison") or []
+        machine = data.get("machine", {})
+        out.append(
+            f"**{machine.get('cpu', '?')}** (`benchmarks/results/peers/{path.name}`): "
+            + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("device", "cpu"))
+            + f"; {data.get('rounds', '?')} timed rounds per variant, interleaved"
+            + (f"; the whole benchmark took {data['wall_seconds']} s." if "wall_seconds" in data else ".")
+            + "\n"
+        )
+        body = []
+        order = _ordered_models(rows)
+        for r in sorted(rows, key=lambda r: order.index(_key(r))):
+            ms = r["ms"]
+
+            vs = r.get("default_vs_best_peer")
+            compile_s = r.get("compile_s")
+            body.append(
+                [
+                    f"{r['model']} x{r['scale']}",
+                    f"{r['input'][1]}x{r['input'][0]}",
+                    f"{r.get('default_backend') or '?'} {r['auto']}",
+                    _rate_cell(r, "up auto"),
+                    *(_rate_cell(r, k) for k in PEER_COLUMNS),
+                    f"{compile_s:.0f}" if isinstance(compile_s, (int, float)) else "–",
+                    min((k for k in ms if k in PEER_COLUMNS or k == "up auto"), key=ms.get),
+                    "–"
+                    if vs is None
+                    else f"**{vs['median']:.2f}** [{vs['low']:.2f}-{vs['high']:.2f}] vs {vs['peer']}",
+                ]
+            )
+        out.append(
+            _table(
+                [
+                    "model",
+                    "LR in",
+                    "default runs on",
+                    "lightsr default",
+                    *PEER_COLUMNS,
+                    "compile s",
+                    "fastest",
+                    "default / best peer [noise]",
+                ],
+                body,
+            )
+        )
+        memory = data.get("memory") or []
+        if memory:
+            out.append(
+                "\nPeak resident memory of `lightsr upscale` per backend (a fresh process each, precision "
+                "auto, TIFF output): "
+                + "; ".join(
+                    f"{m['model']} {m['input'][0]}x{m['input'][1]} on {m.get('backend', 'default')}: "
+                    f"{m['peak_rss_mb']:.0f} MB ({m['status']})"
+                    for m in memory
+                )
+                + ".\n"
+            )
+    return "\n".join(out)
+
+
 def gen_performance_summary(page: Path) -> str:
     perf = DOCS / "performance.md"
     chart = IMAGES / "psnr_vs_speed.png"
@@ -974,6 +1054,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "precision-table": gen_precision_table,
     "performance-summary": gen_performance_summary,
     "speed-table": gen_speed_table,
+    "engine-comparison": gen_engine_comparison,
 }
 
 

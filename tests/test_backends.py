@@ -8,6 +8,7 @@ scripts/update_manifest.py) within 0.005 dB on each backend (OpenVINO: all but F
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 from pathlib import Path
@@ -209,6 +210,8 @@ def test_auto_follows_the_measured_table_on_cpu_only(monkeypatch):
     monkeypatch.setattr(_backends, "MEASURED_FASTEST", {("imdn-rtc", 2): {"fp32": "onnxruntime"}})
     monkeypatch.setattr(_backends, "installed", lambda b: True)
     assert _backends.resolve_backend("auto", desc, cpu, torch.float32) == "onnxruntime"
+    # fp32 entries serve precision='auto' only: an explicit fp32 load is the reference figures' torch
+    assert _backends.resolve_backend("auto", desc, cpu, torch.float32, precision="fp32") == "torch"
     assert _backends.resolve_backend("auto", desc, cpu, torch.bfloat16) == "torch"  # not measured in bf16
     assert _backends.resolve_backend("auto", desc, cuda, torch.float16) == "torch"
     assert _backends.resolve_backend("auto", desc, cpu, torch.float32, compile=True) == "torch"
@@ -309,6 +312,31 @@ def test_cli_backend_flag(backend: str, weights_dir: Path, tmp_path: Path) -> No
     assert bad.returncode == 2 and "--backend" in bad.stderr
 
 
+def test_plain_tiles_on_an_engine_skip_the_torch_caps_and_run_whole_when_memory_allows(
+    weights_dir, monkeypatch
+):
+    """Issue 19: pan x4's tiles stay on the engine, but they used to follow torch's half-precision cap
+    (320x320 LR pixels per call), which only torch's allocator needs: imdn-rte x2 bf16 at 640x360 ran in
+    six OpenVINO tiles in 90 ms against 44 ms whole. On an engine, one image runs whole within the
+    whole-image budget, and larger ones tile within the call budget (the CLI's 1500x1500 peak); on torch
+    in bf16 the cap still holds."""
+    _engine_or_skip("onnxruntime")
+    from lightsr import _engine
+
+    on_engine = _load(weights_dir, "pan", 4, "onnxruntime")
+    on_torch = _load(weights_dir, "pan", 4, "torch", precision="bf16")
+    assert on_engine._plain_tiles
+    cap = math.isqrt(_engine.CPU_HALF_CALL_PIXELS)
+    per_px = _engine._bytes_per_lr_pixel(on_engine.module, on_engine.dtype, 4)
+    monkeypatch.setattr(_engine._image, "available_memory", lambda: 64 << 30)
+    assert on_torch._plan(2 * cap, 2 * cap, 1, "auto", 24, None).tile is not None
+    assert on_engine._plan(2 * cap, 2 * cap, 1, "auto", 24, None).tile is None
+    side = math.isqrt(_engine.CPU_WHOLE_IMAGE_MAX_BYTES // per_px) + 8  # over the whole-image budget
+    plan = on_engine._plan(side, side, 1, "auto", 24, None)
+    assert plan.tile is not None
+    assert plan.batch * (plan.tile + 2 * 24) ** 2 * per_px <= _engine.CPU_BUDGET_BYTES
+
+
 def test_esa_tiles_that_would_leave_the_engine_run_whole_when_memory_allows(weights_dir, monkeypatch):
     """Issue 19: rfdn's tiles replay the ESA resize grid, which only eager torch can do, so on an engine
     backend a tiled 1024x1024 run left the engine (+47% over the whole-image call). On an engine such an
@@ -327,3 +355,12 @@ def test_esa_tiles_that_would_leave_the_engine_run_whole_when_memory_allows(weig
     assert on_engine._plan(1500, 1500, 1, "auto", 24, None).tile is not None  # the CLI's 1500x1500 peak
     monkeypatch.setattr(_engine._image, "available_memory", lambda: None)  # unknown: the fixed budget
     assert on_engine._plan(800, 800, 1, "auto", 24, None).tile is not None
+
+
+def test_engines_get_a_contiguous_fp32_copy_of_a_strided_window():
+    x = torch.rand(1, 3, 20, 30)
+    window = x[:, :, 2:17, 5:25]  # a tile window: a strided view
+    arr = _backends._host_array(window)
+    assert arr.flags["C_CONTIGUOUS"] and arr.dtype == np.float32
+    assert np.array_equal(arr, window.numpy())
+    assert not np.shares_memory(arr, x.numpy())

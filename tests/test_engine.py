@@ -43,7 +43,12 @@ def _bf16(weights_dir: Path, name: str, scale: int) -> Upscaler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return load_model(
-            name, scale, weights=_weights(weights_dir, name, scale), device="cpu", precision="bf16"
+            name,
+            scale,
+            weights=_weights(weights_dir, name, scale),
+            device="cpu",
+            precision="bf16",
+            backend="torch",  # the torch path's mechanics (engine plans: tests/test_backends.py)
         )
 
 
@@ -270,7 +275,7 @@ def test_lists_batch_images_of_equal_size(rtc, monkeypatch):
     assert isinstance(out, list) and len(out) == 4
     assert out[0].shape == (1, 3, 20, 24) and out[1].shape == (14, 18, 3) and out[3].shape == (2, 3, 20, 24)
     assert sorted(calls) == [(1, 3, 7, 9), (4, 3, 10, 12)]  # a, b and the pair in one batch
-    assert torch.allclose(out[2], real(b, CallOptions(tile_size=None, tile_pad=8)), atol=1e-5)
+    assert torch.allclose(out[2], real(b, CallOptions(tile_size=None, tile_pad=8)).clamp(0, 1), atol=1e-5)
     assert rtc.upscale([]) == []
 
 
@@ -810,3 +815,19 @@ def test_progress_counts_images_of_whole_runs(rtc):
         progress=lambda d, t: seen.append((d, t)),
     )
     assert seen[-1] == (3, 3) and len(seen) == 2  # the two 10 x 12 images in one call, then the other
+
+
+@pytest.mark.parametrize("device_kind", ["numpy", "torch"])
+def test_nonfinite_samples_finds_nan_and_inf_in_their_own_samples(device_kind):
+    """The reduced-precision fallback's check (one sum per sample; numpy for CPU fp32, torch otherwise),
+    against an independent per-element isfinite."""
+    y = torch.rand(5, 3, 6, 7)
+    y[1, 2, 3, 4] = float("nan")
+    y[3, 0, 0, 0] = float("inf")
+    y[4, 1, 5, 6] = float("-inf")
+    if device_kind == "torch":
+        y = y.to(torch.bfloat16)  # no numpy twin: the torch reduction
+    expected = [i for i in range(5) if not bool(torch.isfinite(y[i]).all())]
+    assert _engine._nonfinite_samples(y).tolist() == expected == [1, 3, 4]
+    big = torch.full((1, 3, 4, 4), 3e38)  # finite, but its sum overflows: flagged (recomputed), never hidden
+    assert _engine._nonfinite_samples(big).tolist() == [0]

@@ -532,3 +532,18 @@ def test_finish_copies_unless_it_owns_the_buffer():
     owned = _image.finish(sr, None, p.restore, owned=True)
     assert np.array_equal(copied, owned) and owned.dtype == np.uint8 and int(owned.max()) == 255
     assert not torch.equal(sr, keep)  # ... unless it is handed over (the engine's own output buffer)
+
+
+@pytest.mark.parametrize("dtype, hi", [(torch.uint8, 255), (torch.uint16, 65535)])
+def test_integer_inputs_scale_exactly_like_torchs_division(dtype, hi):
+    """The CPU input scaling runs in numpy (so no torch thread pool spins into an engine's call); its
+    values must be torch's correctly rounded fp32 division, for every level, from tensors, arrays and PIL."""
+    side = 16 if hi == 255 else 256
+    grey = torch.arange(hi + 1, dtype=torch.int64).to(dtype).view(side, side)  # every level once
+    expected = grey.to(torch.float32) / float(hi)
+    inputs = [grey[None], grey.numpy()]
+    if hi == 255:
+        inputs.append(Image.fromarray(grey.numpy()))  # mode L
+    for image in inputs:
+        rgb = _image.prepare(image)[0].rgb
+        assert all(torch.equal(rgb[0, c], expected) for c in range(3)), type(image)
