@@ -347,11 +347,12 @@ def make_backend(
 # * fp32, used only when precision='auto' resolves to fp32 (a bf16-unsafe record, or a CPU without bf16
 #   units): the engine that ran at least 1.15x lightsr's torch fp32 path (Upscaler.upscale) and fastest of
 #   the two: OpenVINO on bsrn x2/x3/x4 (4.1x, 2.3x, 1.5x), carn-m x2/x3/x4 (2.9-3.4x), pan x2/x3/x4
-#   (1.6-1.9x), imdn x2/x3 (1.75x, 1.17x), rlfn x2 and rlfn-s x2 (1.7x); ONNX Runtime on imdn-rte x2 (1.47x,
-#   OpenVINO 1.35x). Their output stays within 1e-4 of torch fp32 and Set5 within 0.005 dB
-#   (tests/test_backends.py). Level or slower, so left on torch: rfdn x4 (1.12x), imdn x4 (1.09x),
-#   imdn-ntire22, rlfn x4, rlfn-s x4, rlfn-ntire, imdn-rtc, FDIWN, SPAN. An explicit precision='fp32'
-#   keeps torch: it is what the reference figures and the manifest's metrics are.
+#   (1.6-1.9x), imdn x2/x3 (1.75x, 1.17x), rlfn x2 and rlfn-s x2 (1.7x), and, in two runs with the settled
+#   timing of benchmarks/speed.py, imdn-rtc x2 (1.2-1.6x), rlfn-s x4 (1.1-1.2x) and SPAN x4 (1.2x); ONNX
+#   Runtime on imdn-rte x2 (1.47x, OpenVINO 1.35x). Their output stays within 1e-4 of torch fp32 and Set5
+#   within 0.005 dB (tests/test_backends.py). Level or slower, so left on torch: rfdn x4 (1.12x), imdn x4
+#   (1.09x), imdn-ntire22, rlfn x4, rlfn-ntire, FDIWN. An explicit precision='fp32' keeps torch: it is
+#   what the reference figures and the manifest's metrics are.
 MEASURED_FASTEST: dict[tuple[str, int], dict[str, str]] = {
     # bf16-safe records: OpenVINO bf16 under bf16, OpenVINO fp32 (where measured faster) on CPUs without bf16.
     **{
@@ -374,7 +375,17 @@ MEASURED_FASTEST: dict[tuple[str, int], dict[str, str]] = {
     # bf16-unsafe records: precision='auto' runs them in fp32.
     **{
         (name, scale): {"fp32": "openvino"}
-        for name, scale in (("imdn", 2), ("rlfn", 2), ("rlfn-s", 2), ("bsrn", 2), ("bsrn", 3), ("pan", 2))
+        for name, scale in (
+            ("imdn", 2),
+            ("imdn-rtc", 2),
+            ("rlfn", 2),
+            ("rlfn-s", 2),
+            ("rlfn-s", 4),
+            ("bsrn", 2),
+            ("bsrn", 3),
+            ("pan", 2),
+            ("span-ntire24", 4),
+        )
     },
 }
 

@@ -971,6 +971,7 @@ def gen_engine_comparison(page: Path) -> str:
             + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("device", "cpu"))
             + f"; {data.get('rounds', '?')} timed rounds per variant, interleaved"
             + (f"; the whole benchmark took {data['wall_seconds']} s." if "wall_seconds" in data else ".")
+            + (f" Rows {data['rerun_note']}." if data.get("rerun_note") else "")
             + "\n"
         )
         body = []

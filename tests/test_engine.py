@@ -817,6 +817,7 @@ def test_progress_counts_images_of_whole_runs(rtc):
     assert seen[-1] == (3, 3) and len(seen) == 2  # the two 10 x 12 images in one call, then the other
 
 
+@pytest.mark.filterwarnings("error")  # numpy's overflow / invalid-value warnings would reach the user
 @pytest.mark.parametrize("device_kind", ["numpy", "torch"])
 def test_nonfinite_samples_finds_nan_and_inf_in_their_own_samples(device_kind):
     """The reduced-precision fallback's check (one sum per sample; numpy for CPU fp32, torch otherwise),
@@ -825,6 +826,7 @@ def test_nonfinite_samples_finds_nan_and_inf_in_their_own_samples(device_kind):
     y[1, 2, 3, 4] = float("nan")
     y[3, 0, 0, 0] = float("inf")
     y[4, 1, 5, 6] = float("-inf")
+    y[4, 2, 0, 0] = float("inf")  # inf - inf in one sum: NaN, still flagged
     if device_kind == "torch":
         y = y.to(torch.bfloat16)  # no numpy twin: the torch reduction
     expected = [i for i in range(5) if not bool(torch.isfinite(y[i]).all())]
