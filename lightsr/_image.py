@@ -665,16 +665,14 @@ def _checked_float(x: torch.Tensor, source: str) -> torch.Tensor:
     """
     if x.device.type == "cpu":
         a = x.numpy()
-        if not np.isfinite(a).all():
-            raise InputError(
-                f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
-            )
+        finite = bool(np.isfinite(a).all())
+    else:
+        finite = bool(torch.isfinite(x).all())
+    if not finite:
+        raise InputError(f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+    if x.device.type == "cpu":
         lo, hi = float(a.min()), float(a.max())
     else:
-        if not bool(torch.isfinite(x).all()):
-            raise InputError(
-                f"{source} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
-            )
         lo, hi = (float(v) for v in torch.aminmax(x))
     if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
         if hi > 255 + FLOAT_TOLERANCE:
